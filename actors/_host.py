@@ -1,0 +1,217 @@
+"""The actor host: the loop inside a worker process that runs step invocations.
+
+Data flow inside one worker:
+
+    supervisor --inbox--> [reader thread] --Reply--> resolves a pending request future (any thread waits)
+                                     \\--other--> loop.call_soon_threadsafe(host.dispatch)
+    [loop thread]   runs async steps as tasks; many at once
+    [step thread]   runs plain ``def`` steps, one at a time (the supervisor never sends two)
+    both threads --mailbox.send (locked)--> outbox --> supervisor
+
+A step's exception, including SystemExit and KeyboardInterrupt raised by its code, is reported as ``Failed``
+and the worker lives on: it may be hosting other runs' async steps. Only the supervisor ends a worker
+(``Shutdown``, or a kill). When the inbox reports EOF the parent is gone and the worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ._context import Context
+from ._errors import PayloadError, WorkflowRuntimeError
+from ._events import Event
+from ._protocol import (
+    CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Mailbox, Publish,
+    Reply, Request, Shutdown,
+)
+from ._workflow import Workflow, WorkflowSpec
+
+
+class ActorHost:
+    """Hosts the step invocations the supervisor sends to this worker."""
+
+    def __init__(self, mailbox: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
+        self.mailbox = mailbox
+        self.loop = loop
+        self.pid = os.getpid()
+        self.workflows: dict[int, tuple[Workflow, WorkflowSpec]] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.step_thread = ThreadPoolExecutor(1, thread_name_prefix="procflow-step")
+        self._requests: dict[int, concurrent.futures.Future[Any]] = {}
+        self._req_ids = itertools.count(1)
+        self._req_lock = threading.Lock()
+
+    # --- the reader thread -------------------------------------------------------------------------------
+    def read_forever(self) -> None:
+        """Runs in the reader thread until the supervisor goes away or says Shutdown."""
+        while True:
+            try:
+                msg = self.mailbox.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the parent is gone: nobody is left to report to
+            if isinstance(msg, Reply):
+                self._resolve(msg)
+                continue
+            self.loop.call_soon_threadsafe(self.dispatch, msg)
+            if isinstance(msg, Shutdown):
+                return
+
+    def _resolve(self, msg: Reply) -> None:
+        with self._req_lock:
+            fut = self._requests.pop(msg.req, None)
+        if fut is None:
+            return
+        try:
+            value = self.mailbox.unpack(msg.value)
+        except PayloadError as exc:
+            fut.set_exception(exc)
+            return
+        if msg.ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def request(self, inv: int, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        """Ask the supervisor about run state; thread-safe; the reply resolves the future."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        packed = self.mailbox.pack(args)
+        with self._req_lock:
+            req = next(self._req_ids)
+            self._requests[req] = fut
+        self.mailbox.send(Request(req, inv, op, packed))
+        return fut
+
+    # --- the loop thread -----------------------------------------------------------------------------------
+    def dispatch(self, msg: object) -> None:
+        if isinstance(msg, Invoke):
+            self.tasks[msg.inv] = self.loop.create_task(self._invoke(msg))
+        elif isinstance(msg, CancelInvocations):
+            for inv in msg.invs:
+                task = self.tasks.get(inv)
+                if task is not None:
+                    task.cancel()
+        elif isinstance(msg, LoadWorkflow):
+            workflow = self.mailbox.load_definition(msg.definition)
+            self.workflows[msg.key] = (workflow, type(workflow)._spec())
+        elif isinstance(msg, DropWorkflow):
+            self.workflows.pop(msg.key, None)
+        elif isinstance(msg, Shutdown):
+            self.loop.stop()
+
+    async def _invoke(self, msg: Invoke) -> None:
+        workflow, wspec = self.workflows[msg.workflow]
+        spec = wspec.steps[msg.step]
+        try:
+            if spec.is_async:
+                outcome = await self._call_async(msg, workflow, wspec)
+            else:
+                outcome = await self.loop.run_in_executor(
+                    self.step_thread, self._call_sync, msg, workflow, wspec)
+        except asyncio.CancelledError:
+            # The supervisor asked for this cancel (CancelInvocations); report it and end the task here:
+            # this task is the invocation's outermost frame, nothing above it waits for the cancellation.
+            outcome = Cancelled(msg.inv)
+        finally:
+            self.tasks.pop(msg.inv, None)
+        self.mailbox.send(outcome)
+
+    async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
+        try:
+            fn, kwargs = self._prepare(msg, workflow, wspec)
+            result = await fn(**kwargs)
+            return self._done(msg, result)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- see the module docstring
+            return self._failed(msg, exc)
+
+    def _call_sync(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
+        try:
+            fn, kwargs = self._prepare(msg, workflow, wspec)
+            return self._done(msg, fn(**kwargs))
+        except BaseException as exc:  # noqa: BLE001 -- see the module docstring
+            return self._failed(msg, exc)
+
+    def _prepare(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec
+                 ) -> tuple[Any, dict[str, Any]]:
+        spec = wspec.steps[msg.step]
+        try:
+            event = self.mailbox.unpack(msg.event)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"step '{msg.step}': could not unpickle its input {msg.event.type_name} "
+                f"in worker {self.pid}: {exc}") from exc
+        kwargs: dict[str, Any] = {spec.ev_param: event}
+        if spec.ctx_param is not None:
+            kwargs[spec.ctx_param] = Context._bound(_WorkerBackend(self, msg, wspec), workflow)
+        fn = spec.fn if spec.free_function else spec.fn.__get__(workflow)
+        return fn, kwargs
+
+    def _done(self, msg: Invoke, result: Any) -> object:
+        if result is None:
+            return Done(msg.inv, None)
+        if not isinstance(result, Event):
+            raise WorkflowRuntimeError(
+                f"step '{msg.step}' returned {type(result).__name__}, not an Event or None")
+        try:
+            return Done(msg.inv, self.mailbox.pack(result))
+        except PayloadError as exc:
+            raise PayloadError(f"step '{msg.step}' returned {type(result).__name__}, which cannot be "
+                               f"pickled to leave worker {self.pid}: {exc}") from exc
+
+    def _failed(self, msg: Invoke, exc: BaseException) -> Failed:
+        tb = "".join(traceback.format_exception(exc))
+        try:
+            packed = self.mailbox.pack(exc)
+            self.mailbox.unpack(packed)  # an exception that pickles but cannot unpickle would be lost
+        except Exception:
+            substitute = WorkflowRuntimeError(
+                f"step '{msg.step}' raised {type(exc).__name__}: {exc} (the exception itself cannot be "
+                "pickled, so it is reported as this error)")
+            packed = self.mailbox.pack(substitute)
+        return Failed(msg.inv, packed, tb)
+
+
+class _WorkerBackend:
+    """A step's Context backend inside a worker: fire-and-forget sends, request/reply for run state."""
+
+    __slots__ = ("host", "msg", "wspec")
+
+    def __init__(self, host: ActorHost, msg: Invoke, wspec: WorkflowSpec) -> None:
+        self.host = host
+        self.msg = msg
+        self.wspec = wspec
+
+    def _pack_event(self, event: Event, what: str) -> Any:
+        try:
+            return self.host.mailbox.pack(event)
+        except PayloadError as exc:
+            raise PayloadError(f"step '{self.msg.step}': {what}({type(event).__name__}) cannot be "
+                               f"pickled: {exc}") from exc
+
+    def send_event(self, event: Event, step: str | None) -> None:
+        self.wspec.check_target(type(event), step)
+        self.host.mailbox.send(Emit(self.msg.inv, self._pack_event(event, "send_event"), step))
+
+    def write_event_to_stream(self, event: Event) -> None:
+        packed = self._pack_event(event, "write_event_to_stream")
+        self.host.mailbox.send(Publish(self.msg.inv, packed))
+
+    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
+                       ) -> list[Event] | None:
+        fut = self.host.request(self.msg.inv, "collect", buffer_id or self.msg.step, event, expected)
+        result: list[Event] | None = fut.result()
+        return result
+
+    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        return self.host.request(self.msg.inv, op, *args)
+
+
+

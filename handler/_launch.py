@@ -1,0 +1,34 @@
+"""``Workflow.run()`` lands here (bound late by ``actors._launch``): build the start event, pick the engine,
+start the run, wrap its adapter in a ``WorkflowHandler``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors import Context, StartEvent, Workflow, WorkflowRuntimeError
+from runtime import Engine, get_default_runtime
+
+from ._handler import WorkflowHandler
+
+
+def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEvent | None,
+              kwargs: dict[str, Any]) -> WorkflowHandler:
+    wspec = workflow._validate()
+    start_type = wspec.start_event_type or StartEvent
+    if start_event is None:
+        try:
+            start_event = start_type(**kwargs)
+        except Exception as exc:
+            raise WorkflowRuntimeError(
+                f"cannot build the start event {start_type.__name__} of {wspec.name} from "
+                f"run({', '.join(f'{k}=...' for k in kwargs)}): {exc}") from exc
+    elif kwargs:
+        raise WorkflowRuntimeError(
+            f"run() got both start_event and keyword arguments ({', '.join(kwargs)}); pass one of them")
+    if not isinstance(start_event, start_type):
+        raise WorkflowRuntimeError(
+            f"{wspec.name} starts from {start_type.__name__}, not {type(start_event).__name__}")
+    engine: Engine = workflow.runtime if workflow.runtime is not None else get_default_runtime()
+    adapter = engine.start_run(workflow, start_event, ctx)
+    guard = getattr(engine, "_on_engine_thread", lambda: False)
+    return WorkflowHandler._create(workflow, adapter, wspec, guard)

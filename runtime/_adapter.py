@@ -1,0 +1,74 @@
+"""The adapter boundary: the only interface a ``WorkflowHandler`` talks to.
+
+An ``Engine`` starts runs; each run is a ``RunAdapter``. The process runtime implements both; another engine
+(e.g. Ray) implements them too and the handler does not change. Every method is thread-safe and returns at
+once; outcomes arrive through ``concurrent.futures.Future``s, which callers wait on from any thread or wrap
+on any event loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from ._stream import EventStream
+
+if TYPE_CHECKING:
+    from actors import Context, Event, StartEvent, StopEvent, Workflow
+
+
+class RunAdapter(ABC):
+    """One run, seen from outside the engine.
+
+    ``result`` resolves with the run's StopEvent, or with the exception that ended it
+    (``WorkflowCancelledByUser``, ``WorkflowTimeoutError``, a step's exception, ...). ``stop_event`` is set
+    before ``result`` resolves: the StopEvent, or the ``Workflow*Event`` published last on failure, timeout
+    and cancel. ``events`` carries what the run publishes, ending with that StopEvent.
+    """
+
+    run_id: str
+    workflow: Workflow
+    result: concurrent.futures.Future[StopEvent]
+    events: EventStream
+    stop_event: StopEvent | None = None
+
+    @abstractmethod
+    def send_event(self, event: Event, step: str | None = None) -> concurrent.futures.Future[None]:
+        """Route ``event`` into the run, as a step's ``ctx.send_event`` would."""
+
+    @abstractmethod
+    def write_event_to_stream(self, event: Event) -> None:
+        """Publish ``event`` on the run's stream."""
+
+    @abstractmethod
+    def cancel(self) -> concurrent.futures.Future[None]:
+        """Graceful cancel: start no more steps, cancel async steps, let running ``def`` steps finish; the
+        run then ends as cancelled."""
+
+    @abstractmethod
+    def abort(self) -> concurrent.futures.Future[bool]:
+        """Hard cancel: end the run now as cancelled and stop its running steps by killing their workers.
+        Resolves with False when the run had already ended."""
+
+    @abstractmethod
+    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        """Read or write the run's store ("get", "set"); after the run, reads its final contents."""
+
+    @abstractmethod
+    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
+                       ) -> list[Event] | None:
+        """``Context.collect_events`` for the caller's side of the run."""
+
+
+class Engine(ABC):
+    """Something that runs workflows and hands out ``RunAdapter``s."""
+
+    @abstractmethod
+    def start_run(self, workflow: Workflow, start_event: StartEvent, ctx: Context[Any] | None
+                  ) -> RunAdapter:
+        """Start a run (validated by the caller) and return its adapter at once."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop the engine and everything it started."""

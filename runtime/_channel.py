@@ -1,0 +1,132 @@
+"""The supervisor's end of one worker's two channels, driven by the event loop.
+
+Each worker owns a private pair of one-way pipes (``multiprocessing.Pipe(duplex=False)``): an *inbox* the
+supervisor writes and an *outbox* the worker writes. Each pipe has exactly one writer and one reader, so it
+is a single-producer single-consumer queue that needs no lock, and a worker killed mid-write can corrupt only
+its own outbox, which is thrown away with it (a shared ``mp.Queue`` whose lock holder is SIGKILLed stays
+locked for every other process).
+
+On this side both fds are non-blocking and served by the loop: reads by a reader callback that parses
+``multiprocessing.connection`` frames incrementally (so a half-written frame never stalls the loop), writes
+by a buffer flushed from a writer callback (so a worker that is slow to read never blocks the supervisor).
+The worker's side uses plain blocking ``Connection.send_bytes``/``recv_bytes``; the framing is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import struct
+from multiprocessing.connection import Connection
+from typing import Callable
+
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
+_READ_CHUNK = 1 << 18
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with the length header ``Connection.recv_bytes`` expects."""
+    n = len(payload)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _LONG_HEADER.pack(n) + payload
+    return _HEADER.pack(n) + payload
+
+
+class Channel:
+    """Non-blocking, loop-driven ends of a worker's inbox (write) and outbox (read)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
+                 on_message: Callable[[object], None], on_eof: Callable[[], None]) -> None:
+        self._loop = loop
+        self._inbox, self._outbox = inbox, outbox
+        self._wfd, self._rfd = inbox.fileno(), outbox.fileno()
+        self._on_message, self._on_eof = on_message, on_eof
+        self._rbuf = bytearray()
+        self._wbuf = bytearray()
+        self._closed = False
+        os.set_blocking(self._wfd, False)
+        os.set_blocking(self._rfd, False)
+        loop.add_reader(self._rfd, self._on_readable)
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self._rfd, _READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._eof()
+            return
+        self._rbuf += chunk
+        for payload in self._frames():
+            if self._closed:
+                return
+            self._on_message(pickle.loads(payload))
+
+    def _frames(self) -> list[bytes]:
+        out: list[bytes] = []
+        buf, pos = self._rbuf, 0
+        while len(buf) - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            head = 4
+            if n == -1:
+                if len(buf) - pos < 12:
+                    break
+                (n,) = _LONG_HEADER.unpack_from(buf, pos + 4)
+                head = 12
+            if len(buf) - pos - head < n:
+                break
+            out.append(bytes(buf[pos + head:pos + head + n]))
+            pos += head + n
+        del buf[:pos]
+        return out
+
+    def _eof(self) -> None:
+        if not self._closed:
+            self.close()
+            self._on_eof()
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def send(self, msg: object) -> None:
+        """Queue ``msg`` for the worker; never blocks. Dropped silently once the channel is closed."""
+        if self._closed:
+            return
+        data = frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._wbuf:
+            self._wbuf += data
+            return
+        try:
+            sent = os.write(self._wfd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the worker is gone; its sentinel reports that
+        if sent < len(data):
+            self._wbuf += data[sent:]
+            self._loop.add_writer(self._wfd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = os.write(self._wfd, self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._wbuf.clear()
+            self._loop.remove_writer(self._wfd)
+            return
+        del self._wbuf[:sent]
+        if not self._wbuf:
+            self._loop.remove_writer(self._wfd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._rfd)
+        self._loop.remove_writer(self._wfd)
+        self._inbox.close()
+        self._outbox.close()

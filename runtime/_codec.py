@@ -1,0 +1,133 @@
+"""Payload pickling: stdlib pickle on the fast path, cloudpickle where it must, event classes by key.
+
+Event classes travel *once*: a workflow's definition (cloudpickled, so classes from ``__main__``, from inside
+a function or from a notebook work) carries a ``{key: class}`` table, and afterwards every event refers to
+its class by that small integer (pickle's persistent ids) instead of by value (~6 KB and ~300 us per message
+with cloudpickle) or by a module path the worker might not be able to import.
+
+Anything else defined in ``__main__`` or locally, and anything stdlib pickle refuses (lambdas), goes through
+cloudpickle by value.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pickle
+import threading
+import types
+from typing import Any
+
+import cloudpickle
+
+from actors import PayloadError
+from actors._protocol import Packed
+
+
+class _ByValue(Exception):
+    """Raised inside the fast pickler when an object must be pickled by value."""
+
+
+def _needs_value(obj: Any) -> bool:
+    return getattr(obj, "__module__", None) == "__main__" or "<locals>" in getattr(obj, "__qualname__", "")
+
+
+class Codec:
+    """Pickles payloads for one process; both ends hold the same ``key <-> class`` table."""
+
+    def __init__(self) -> None:
+        self._key_of: dict[type, int] = {}
+        self._cls_of: dict[int, type] = {}
+        self._keys = itertools.count(1)
+        self._lock = threading.Lock()
+        codec = self
+
+        class FastPickler(pickle.Pickler):
+            def persistent_id(self, obj: Any) -> Any:
+                if isinstance(obj, (type, types.FunctionType)):
+                    key = codec._key_of.get(obj)  # type: ignore[arg-type]
+                    if key is not None:
+                        return key
+                    if _needs_value(obj):
+                        raise _ByValue
+                return None
+
+        class ValuePickler(cloudpickle.Pickler):
+            def persistent_id(self, obj: Any) -> Any:
+                if isinstance(obj, type):
+                    return codec._key_of.get(obj)
+                return None
+
+        class KeyUnpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                try:
+                    return codec._cls_of[pid]
+                except KeyError:
+                    raise pickle.UnpicklingError(f"unknown event class key {pid}") from None
+
+        self._fast, self._value, self._unpickler = FastPickler, ValuePickler, KeyUnpickler
+
+    # --- keys ----------------------------------------------------------------------------------------
+    def key_for(self, cls: type) -> int:
+        """The key of ``cls`` (assigned on first use; parent side)."""
+        with self._lock:
+            key = self._key_of.get(cls)
+            if key is None:
+                key = next(self._keys)
+                self.register(key, cls)
+            return key
+
+    def register(self, key: int, cls: type) -> None:
+        self._key_of[cls] = key
+        self._cls_of[key] = cls
+
+    # --- bytes ---------------------------------------------------------------------------------------
+    def dumps(self, obj: Any) -> bytes:
+        buf = io.BytesIO()
+        try:
+            self._fast(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+            return buf.getvalue()
+        except _ByValue:
+            pass
+        except (pickle.PicklingError, TypeError, AttributeError):
+            pass  # stdlib refused (a lambda, a local class instance): cloudpickle may not
+        buf = io.BytesIO()
+        self._value(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return buf.getvalue()
+
+    def loads(self, data: bytes) -> Any:
+        return self._unpickler(io.BytesIO(data)).load()
+
+    def pack(self, obj: Any) -> Packed:
+        """Pickle ``obj``; any failure is a ``PayloadError`` naming the type."""
+        try:
+            return Packed(type(obj).__qualname__, self.dumps(obj))
+        except Exception as exc:
+            raise PayloadError(f"{type(obj).__qualname__} cannot be pickled: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def unpack(self, packed: Packed) -> Any:
+        """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
+        try:
+            return self.loads(packed.data)
+        except Exception as exc:
+            raise PayloadError(f"{packed.type_name} cannot be unpickled: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    # --- workflow definitions ------------------------------------------------------------------------
+    def pack_definition(self, workflow: Any, event_types: set[type]) -> Packed:
+        """Cloudpickle a workflow instance with the key table of its event classes."""
+        table = {self.key_for(t): t for t in event_types}
+        try:
+            return Packed(type(workflow).__qualname__, cloudpickle.dumps((workflow, table)))
+        except Exception as exc:
+            raise PayloadError(
+                f"workflow {type(workflow).__qualname__} cannot be shipped to worker processes: "
+                f"{type(exc).__name__}: {exc}. Keep unpicklable resources (clients, locks) out of the "
+                "workflow's attributes, or create them inside the steps") from exc
+
+    def load_definition(self, packed: Packed) -> Any:
+        workflow, table = cloudpickle.loads(packed.data)
+        for key, cls in table.items():
+            self.register(key, cls)
+        return workflow

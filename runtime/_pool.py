@@ -1,0 +1,307 @@
+"""The worker pool: starting, watching, killing and replacing worker processes.
+
+    Pool.fill() --executor thread--> spawn_process() --> Process.start() (forkserver or spawn)
+        --loop--> _attach(): Channel on the worker's pipes + reader on Process.sentinel
+    Ready message --> READY: the supervisor may place invocations on it
+    sentinel readable (the process is gone, however it died) --> _on_death(): reap, kill leftovers of its
+        process group, tell the supervisor (which fails or requeues its invocations), respawn
+
+Death is detected, never polled for: every worker's ``Process.sentinel`` is a reader on the loop. Kills are
+named, logged, escalating (SIGTERM to the worker's process group, ``kill_grace`` seconds, then SIGKILL to the
+group and to every descendant psutil saw) and idempotent. Crashes that were not ours count against a restart
+budget (at most ``max_restarts`` in ``restart_window`` seconds, as Erlang supervisors do); past it the pool
+stops respawning and the runtime is broken.
+
+Everything here runs on the supervisor's loop thread, except ``spawn_process``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import psutil
+
+from ._channel import Channel
+from ._worker import worker_main
+
+if TYPE_CHECKING:
+    from ._run import Invocation
+
+log = logging.getLogger("procflow")
+
+PRELOAD = ["actors", "runtime._worker"]
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DYING = "dying"
+    DEAD = "dead"
+
+
+@dataclass(eq=False, slots=True)
+class Worker:
+    """One worker process as the supervisor sees it."""
+
+    index: int
+    proc: BaseProcess
+    pid: int
+    channel: Channel | None = None
+    state: WorkerState = WorkerState.STARTING
+    sync_inv: Invocation | None = None
+    async_invs: set[int] = field(default_factory=set)
+    loaded: set[int] = field(default_factory=set)
+    draining: bool = False
+    kill_reason: str | None = None
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+    def idle(self) -> bool:
+        return self.sync_inv is None and not self.async_invs
+
+    def describe_exit(self) -> str:
+        code = self.proc.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start processes without re-importing the parent's ``__main__`` in them.
+
+    spawn and forkserver re-import the main script in the child so that ``__main__.X`` unpickles; we ship
+    definitions with cloudpickle instead, and re-importing a script without an ``if __name__ ==
+    "__main__"`` guard would run it again in every worker. Hiding ``__file__``/``__spec__`` for the moment of
+    the start makes multiprocessing's preparation data leave the main module out. The lock serialises starts;
+    other threads reading ``__main__.__file__`` in that instant would see it missing (accepted: a few ms).
+    """
+    main = sys.modules["__main__"]
+    with _main_lock:
+        saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        try:
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+def make_context(start_method: str) -> BaseContext:
+    import multiprocessing
+
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r} "
+                         "(fork is unsafe from a parent with threads and a running loop)")
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def spawn_process(mp_ctx: BaseContext, index: int) -> tuple[BaseProcess, Any, Any]:
+    """Start one worker; blocking (forkserver ~10 ms, spawn ~100 ms), so it runs in an executor thread."""
+    inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
+    outbox_r, outbox_w = mp_ctx.Pipe(duplex=False)
+    proc = mp_ctx.Process(target=worker_main, args=(inbox_r, outbox_w),  # type: ignore[attr-defined]
+                          name=f"procflow-worker-{index}", daemon=False)
+    try:
+        with _main_module_hidden():
+            proc.start()
+    finally:
+        inbox_r.close()
+        outbox_w.close()
+    return proc, inbox_w, outbox_r
+
+
+def signal_tree(pid: int, sig: int, descendants: list[psutil.Process]) -> None:
+    """Send ``sig`` to the worker's process group and to every descendant seen; gone is success."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(sig)
+
+
+class RestartBudget:
+    """At most ``max_restarts`` unexpected deaths in any ``window`` seconds."""
+
+    def __init__(self, max_restarts: int, window: float) -> None:
+        self.max_restarts, self.window = max_restarts, window
+        self._deaths: deque[float] = deque()
+
+    def spend(self) -> bool:
+        """Record a death; False when it exceeds the budget."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > self.window:
+            self._deaths.popleft()
+        return len(self._deaths) <= self.max_restarts
+
+
+class Pool:
+    """The workers, on the supervisor loop. Calls back ``on_message(worker, msg)``, ``on_ready(worker)``,
+    ``on_death(worker, expected)`` and ``on_broken(reason)``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, mp_ctx: BaseContext, size: int, *,
+                 kill_grace: float, budget: RestartBudget, async_capacity: int,
+                 on_message: Callable[[Worker, object], None], on_ready: Callable[[Worker], None],
+                 on_death: Callable[[Worker, bool], None], on_broken: Callable[[str], None]) -> None:
+        self.loop, self.mp_ctx, self.size = loop, mp_ctx, size
+        self.kill_grace, self.budget, self.async_capacity = kill_grace, budget, async_capacity
+        self._on_message, self._on_ready, self._on_death = on_message, on_ready, on_death
+        self._on_broken = on_broken
+        self.workers: list[Worker | None] = [None] * size
+        self._spawning: set[int] = set()
+        self.respawn = True
+        self.closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def fill(self) -> None:
+        for index, worker in enumerate(self.workers):
+            if worker is None and index not in self._spawning and self.respawn:
+                self._spawning.add(index)
+                fut = self.loop.run_in_executor(None, spawn_process, self.mp_ctx, index)
+                fut.add_done_callback(lambda f, i=index: self._attach(i, f))
+
+    def _attach(self, index: int, fut: asyncio.Future[tuple[BaseProcess, Any, Any]]) -> None:
+        self._spawning.discard(index)
+        exc = fut.exception()
+        if exc is not None:
+            log.error("procflow: starting worker %d failed: %r", index, exc)
+            self._crashed(f"starting a worker process failed: {exc!r}")
+            return
+        proc, inbox, outbox = fut.result()
+        worker = Worker(index, proc, proc.pid or -1)
+        self.workers[index] = worker
+        worker.channel = Channel(self.loop, inbox, outbox, lambda m: self._dispatch(worker, m),
+                                 lambda: None)
+        self.loop.add_reader(proc.sentinel, self._died, worker)
+        if self.closed:
+            self.kill(worker, "the pool closed while the worker was starting")
+
+    def _crashed(self, what: str) -> None:
+        """Spend the restart budget on an unexpected death; past it, stop respawning and say so."""
+        if self.respawn and not self.budget.spend():
+            self.respawn = False
+            self._on_broken(
+                f"worker processes died {self.budget.max_restarts + 1} times within "
+                f"{self.budget.window:g} s (last: {what}); the pool stopped respawning them")
+        elif self.respawn and not self.closed:
+            self.loop.call_later(0.05, self.fill)
+
+    def _dispatch(self, worker: Worker, msg: object) -> None:
+        if worker.state is WorkerState.STARTING:
+            worker.state = WorkerState.READY
+            self._on_ready(worker)
+            return
+        self._on_message(worker, msg)
+
+    def _died(self, worker: Worker) -> None:
+        self.loop.remove_reader(worker.proc.sentinel)
+        worker.proc.join(timeout=1.0)
+        expected = worker.kill_reason is not None
+        # A dead worker's process group may still hold processes its steps started: they go with it.
+        signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
+        worker.state = WorkerState.DEAD
+        if worker.channel is not None:
+            worker.channel.close()
+        with contextlib.suppress(ValueError):
+            worker.proc.close()
+        if self.workers[worker.index] is worker:
+            self.workers[worker.index] = None
+        self._on_death(worker, expected)
+        if not expected:
+            log.warning("procflow: worker %d (pid %d) died unexpectedly: %s",
+                        worker.index, worker.pid, worker.describe_exit())
+            self._crashed(f"worker pid {worker.pid} {worker.describe_exit()}")
+        elif not self.closed:
+            self.fill()
+
+    def kill(self, worker: Worker, reason: str) -> None:
+        """Kill ``worker`` and what its steps started: SIGTERM, ``kill_grace``, SIGKILL. Idempotent."""
+        if worker.kill_reason is not None or worker.state is WorkerState.DEAD:
+            return
+        worker.kill_reason = reason
+        worker.state = WorkerState.DYING
+        log.info("procflow: killing worker %d (pid %d): %s", worker.index, worker.pid, reason)
+        with contextlib.suppress(psutil.Error):
+            worker.descendants = psutil.Process(worker.pid).children(recursive=True)
+        signal_tree(worker.pid, signal.SIGTERM, worker.descendants)
+        self.loop.call_later(self.kill_grace, self._escalate, worker)
+
+    def _escalate(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.DEAD:
+            signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
+
+    def force_kill(self, worker: Worker) -> None:
+        """SIGKILL now, whatever state the kill is in."""
+        worker.kill_reason = worker.kill_reason or "forced"
+        signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
+
+    def spawning(self) -> bool:
+        return bool(self._spawning)
+
+    def close(self) -> None:
+        """Stop respawning; the caller ends the workers."""
+        self.closed = True
+        self.respawn = False
+
+    def live(self) -> list[Worker]:
+        return [w for w in self.workers if w is not None and w.state is not WorkerState.DEAD]
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers if w is not None and w.state is WorkerState.READY)
+
+    # --- placement -------------------------------------------------------------------------------------
+    def place(self, is_async: bool) -> Worker | None:
+        """A worker that can take an invocation now, or None.
+
+        A plain ``def`` step gets a worker to itself: killing that worker (hard cancel, timeout) then
+        stops exactly that run's step and nothing of another run's. Async steps share workers, up to
+        ``async_capacity`` each, on workers that run no ``def`` step and are not draining for one.
+        """
+        ready = [w for w in self.workers if w is not None and w.state is WorkerState.READY]
+        if is_async:
+            open_ = [w for w in ready if w.sync_inv is None and not w.draining
+                     and len(w.async_invs) < self.async_capacity]
+            return min(open_, key=lambda w: len(w.async_invs), default=None)
+        for w in ready:
+            if w.idle():
+                w.draining = False
+                return w
+        # No idle worker: drain one (no new async work) so that this step is not starved by async steps.
+        if not any(w.draining for w in ready):
+            candidates = [w for w in ready if w.sync_inv is None]
+            if candidates:
+                min(candidates, key=lambda w: len(w.async_invs)).draining = True
+        return None
+
+    def has_room(self) -> bool:
+        """Whether any invocation could be placed now."""
+        return any(w is not None and w.state is WorkerState.READY and w.sync_inv is None
+                   and (w.idle() or (not w.draining and len(w.async_invs) < self.async_capacity))
+                   for w in self.workers)

@@ -1,0 +1,139 @@
+"""A run's state, owned by the supervisor thread: status, store, collect buffers, per-step queues.
+
+Nothing here does I/O; the supervisor reads and changes it on its own thread only.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actors import Event, WorkflowRuntimeError
+from actors._context import MISSING
+from actors._protocol import Packed
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from actors import Workflow
+    from actors._workflow import WorkflowSpec
+
+    from ._adapter import RunAdapter
+    from ._pool import Worker
+
+
+class RunStatus(enum.Enum):
+    """PENDING -> RUNNING -> (CANCELLING ->) COMPLETED | FAILED | TIMED_OUT | CANCELLED."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed out"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+    @property
+    def accepts_work(self) -> bool:
+        return self is RunStatus.RUNNING
+
+
+_ENDED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+
+
+@dataclass(eq=False, slots=True)
+class Invocation:
+    """One execution of one step on one event."""
+
+    inv: int
+    run: RunState
+    step: str
+    event: Packed
+    is_async: bool
+    attempt: int = 1
+    first_try: float = field(default_factory=time.monotonic)
+    worker: Worker | None = None
+    finished: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class RunState:
+    run_id: str
+    workflow: Workflow
+    wspec: WorkflowSpec
+    wf_key: int
+    adapter: RunAdapter
+    start_event: Packed
+    status: RunStatus = RunStatus.PENDING
+    store: dict[str, Any] = field(default_factory=dict)
+    buffers: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    queued: dict[str, deque[Packed]] = field(default_factory=lambda: defaultdict(deque))
+    active: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    invs: dict[int, Invocation] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+
+    def transition(self, to: RunStatus) -> None:
+        if self.status.ended:
+            raise RuntimeError(f"run {self.run_id} already ended ({self.status.value}); cannot become "
+                               f"{to.value}")
+        self.status = to
+
+
+def store_get(store: dict[str, Any], key: str, default: Any = MISSING) -> Any:
+    """``store[key]`` where a dotted key walks nested dicts and attributes."""
+    node: Any = store
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif not isinstance(node, dict) and hasattr(node, part):
+            node = getattr(node, part)
+        elif default is MISSING:
+            raise KeyError(f"the store has no key {key!r}")
+        else:
+            return default
+    return node
+
+
+def store_set(store: dict[str, Any], key: str, value: Any) -> None:
+    """``store[key] = value``; a dotted key creates the dicts it walks through."""
+    *path, last = key.split(".")
+    node: Any = store
+    for part in path:
+        nxt = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+        if nxt is None:
+            nxt = {}
+            if isinstance(node, dict):
+                node[part] = nxt
+            else:
+                setattr(node, part, nxt)
+        node = nxt
+    if isinstance(node, dict):
+        node[last] = value
+    else:
+        try:
+            setattr(node, last, value)
+        except Exception as exc:
+            raise WorkflowRuntimeError(f"cannot set store key {key!r}: {exc}") from exc
+
+
+def collect(buffer: list[Event], event: Event, expected: list[type[Event]]) -> list[Event] | None:
+    """Add ``event``; when ``buffer`` holds one event per entry of ``expected`` (matched by exact type, in
+    arrival order), remove and return them in ``expected``'s order."""
+    buffer.append(event)
+    taken: list[int] = []
+    for want in expected:
+        idx = next((i for i, ev in enumerate(buffer) if type(ev) is want and i not in taken), None)
+        if idx is None:
+            return None
+        taken.append(idx)
+    out = [buffer[i] for i in taken]
+    for i in sorted(taken, reverse=True):
+        del buffer[i]
+    return out

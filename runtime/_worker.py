@@ -1,0 +1,87 @@
+"""The worker process: its entry point, its mailbox, and its guards against being orphaned.
+
+A worker runs in its own process group (so a kill reaches processes its steps started), ignores SIGINT (the
+parent owns shutdown on Ctrl-C), and exits on its own when the parent dies: a daemon thread waits on the
+parent's sentinel, and the inbox reports EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvloop
+
+from actors._host import ActorHost
+from actors._protocol import Packed, Ready
+
+from ._codec import Codec
+
+
+class WorkerMailbox:
+    """The worker's ends of its inbox and outbox (blocking ``Connection``s) plus its codec."""
+
+    def __init__(self, inbox: Connection, outbox: Connection) -> None:
+        self._inbox, self._outbox = inbox, outbox
+        self._codec = Codec()
+        self._send_lock = threading.Lock()
+
+    def recv(self) -> object:
+        return pickle.loads(self._inbox.recv_bytes())
+
+    def send(self, msg: object) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        # One lock for the whole frame: the loop thread and the step thread both write here, and
+        # interleaved halves of two frames would corrupt the outbox.
+        with self._send_lock:
+            self._outbox.send_bytes(data)
+
+    def pack(self, obj: Any) -> Packed:
+        return self._codec.pack(obj)
+
+    def unpack(self, packed: Packed) -> Any:
+        return self._codec.unpack(packed)
+
+    def load_definition(self, packed: Packed) -> Any:
+        return self._codec.load_definition(packed)
+
+
+def _exit_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="procflow-parent-watch", daemon=True).start()
+
+
+def worker_main(inbox: Connection, outbox: Connection) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # already a group leader, or not permitted: kills then reach this process only
+    _exit_with_parent()
+    mailbox = WorkerMailbox(inbox, outbox)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    host = ActorHost(mailbox, loop)
+    threading.Thread(target=host.read_forever, name="procflow-reader", daemon=True).start()
+    mailbox.send(Ready(os.getpid()))
+    try:
+        loop.run_forever()
+    finally:
+        # Leave without joining the step thread: a step still running is abandoned with the process.
+        os._exit(0)
