@@ -31,9 +31,13 @@ async def wait_future(fut: concurrent.futures.Future[T]) -> T:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
 
+        def settle() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
         def wake(_: object) -> None:
             try:
-                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+                loop.call_soon_threadsafe(settle)
             except RuntimeError:
                 pass  # the awaiting loop closed meanwhile
 
@@ -67,6 +71,14 @@ class WorkflowHandler(Awaitable[Any]):
 
     Made by ``Workflow.run()``; there is no public constructor.
     """
+
+    run_id: str
+    _workflow: Workflow
+    _adapter: RunAdapter
+    _on_engine_thread: Callable[[], bool]
+    _ctx: Context[Any]
+    _stream_lock: threading.Lock
+    _all_events_consumed: bool
 
     def __init__(self) -> None:
         raise TypeError("WorkflowHandler objects are made by Workflow.run(), not constructed directly")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import signal
@@ -98,7 +99,8 @@ def _main_module_hidden() -> Iterator[None]:
     """
     main = sys.modules["__main__"]
     with _main_lock:
-        saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+        saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__")
+                                 if k in main.__dict__}
         main.__dict__.pop("__file__", None)
         main.__dict__["__spec__"] = None
         try:
@@ -185,7 +187,7 @@ class Pool:
             if worker is None and index not in self._spawning and self.respawn:
                 self._spawning.add(index)
                 fut = self.loop.run_in_executor(None, spawn_process, self.mp_ctx, index)
-                fut.add_done_callback(lambda f, i=index: self._attach(i, f))
+                fut.add_done_callback(functools.partial(self._attach, index))
 
     def _attach(self, index: int, fut: asyncio.Future[tuple[BaseProcess, Any, Any]]) -> None:
         self._spawning.discard(index)
