@@ -6,20 +6,27 @@ from ._errors import (
     WorkflowError, WorkflowRuntimeError, WorkflowTimeoutError, WorkflowValidationError,
 )
 from ._events import (
-    Event, InternalDispatchEvent, StartEvent, StepStateChanged, StopEvent, WorkflowCancelledEvent,
-    WorkflowFailedEvent, WorkflowTimedOutEvent,
+    Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent, StartEvent, StepQueueChanged,
+    StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowTimedOutEvent,
 )
+from ._retry import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
 from ._step import step
 from ._workflow import Workflow
 
 __all__ = [
+    "ConstantDelayRetryPolicy",
     "Context",
     "Event",
+    "ExponentialBackoffRetryPolicy",
+    "HumanResponseEvent",
+    "InputRequiredEvent",
     "InternalDispatchEvent",
     "PayloadError",
     "RemoteTraceback",
+    "RetryPolicy",
     "RuntimeBrokenError",
     "StartEvent",
+    "StepQueueChanged",
     "StepStateChanged",
     "StopEvent",
     "Store",

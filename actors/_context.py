@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._errors import WorkflowRuntimeError
@@ -45,6 +48,29 @@ class ContextBackend(Protocol):
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None: ...
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]: ...
+    def wait_for_event(self, wait: WaitRequest) -> Event: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRequest:
+    """What a step asked ``ctx.wait_for_event`` for."""
+
+    event_type: type[Event]
+    waiter_event: Event | None
+    waiter_id: str | None
+    requirements: dict[str, Any]
+    timeout: float | None
+
+
+class Suspend(BaseException):
+    """Raised inside a step by ``wait_for_event`` when the event is not there yet: the invocation ends and
+    the step runs again from its start once the event arrives. A BaseException so that a step's
+    ``except Exception`` does not swallow it."""
+
+    def __init__(self, wait: WaitRequest, waiter_id: str) -> None:
+        super().__init__(waiter_id)
+        self.wait, self.waiter_id = wait, waiter_id
 
 
 class Store:
@@ -72,6 +98,40 @@ class Store:
         """Blocking twin of ``set``, for plain ``def`` steps."""
         self._ctx._backend_or_raise().store_call("set", key, value).result()
 
+    async def get_state(self) -> Any:
+        """A copy of the whole state: the ``Context[State]`` model, or the dict of keys."""
+        return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get_state"))
+
+    async def set_state(self, state: Any) -> None:
+        """Replace the whole state (an instance of the workflow's state type, or a dict)."""
+        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set_state", state))
+
+    @contextlib.asynccontextmanager
+    async def edit_state(self) -> AsyncIterator[Any]:
+        """``async with ctx.store.edit_state() as state:`` edit a copy of the state while holding the run's
+        state lock; the copy is saved on exit, or dropped if the block raises. Atomic across every step of
+        the run, wherever it runs (the lock lives in the supervisor)."""
+        backend = self._ctx._backend_or_raise()
+        state = await asyncio.wrap_future(backend.store_call("lock_state"))
+        try:
+            yield state
+        except BaseException:
+            await asyncio.shield(asyncio.wrap_future(backend.store_call("unlock_state", MISSING)))
+            raise
+        await asyncio.wrap_future(backend.store_call("unlock_state", state))
+
+    @contextlib.contextmanager
+    def edit_state_sync(self) -> Iterator[Any]:
+        """Blocking twin of ``edit_state``, for plain ``def`` steps."""
+        backend = self._ctx._backend_or_raise()
+        state = backend.store_call("lock_state").result()
+        try:
+            yield state
+        except BaseException:
+            backend.store_call("unlock_state", MISSING).result()
+            raise
+        backend.store_call("unlock_state", state).result()
+
 
 class Context(Generic[StateT]):
     """A run's context, as seen by a step (its ``ctx`` parameter) or by the caller (``handler.ctx``)."""
@@ -80,7 +140,7 @@ class Context(Generic[StateT]):
         self._workflow = workflow
         self._backend: ContextBackend | None = None
         self._store = Store(self)
-        self._seed: dict[str, Any] = {}  # store contents to start a run with (``run(ctx=...)``)
+        self._seed: dict[str, Any] = {}  # a to_dict() snapshot to start the next run from
 
     @classmethod
     def _bound(cls, backend: ContextBackend, workflow: Workflow | None = None) -> Context[Any]:
@@ -121,3 +181,46 @@ class Context(Generic[StateT]):
         invocations running in different workers collect into one buffer, atomically.
         """
         return self._backend_or_raise().collect_events(ev, list(expected), buffer_id)
+
+    async def wait_for_event(self, event_type: type[Event], waiter_event: Event | None = None,
+                             waiter_id: str | None = None, requirements: dict[str, Any] | None = None,
+                             timeout: float | None = 2000.0) -> Event:
+        """Return the first event of ``event_type`` whose fields match ``requirements``, sent by the caller
+        (``handler.send_event``) or by another step.
+
+        ``waiter_event`` is written to the stream once, to say what input is needed. The wait holds no
+        worker: the step's invocation ends here and **the step runs again from its start** when the event
+        arrives, and this call then returns it (as in LlamaIndex Workflows). Keep side effects after the
+        wait, or make them idempotent. A wait longer than ``timeout`` raises ``WorkflowTimeoutError`` here.
+        """
+        return self._wait(event_type, waiter_event, waiter_id, requirements, timeout)
+
+    def wait_for_event_sync(self, event_type: type[Event], waiter_event: Event | None = None,
+                            waiter_id: str | None = None, requirements: dict[str, Any] | None = None,
+                            timeout: float | None = 2000.0) -> Event:
+        """``wait_for_event`` for plain ``def`` steps (same re-run semantics)."""
+        return self._wait(event_type, waiter_event, waiter_id, requirements, timeout)
+
+    def _wait(self, event_type: type[Event], waiter_event: Event | None, waiter_id: str | None,
+              requirements: dict[str, Any] | None, timeout: float | None) -> Event:
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise WorkflowRuntimeError(f"wait_for_event() takes an Event class, not {event_type!r}")
+        return self._backend_or_raise().wait_for_event(
+            WaitRequest(event_type, waiter_event, waiter_id, dict(requirements or {}), timeout))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable snapshot of a finished (or gracefully cancelled) run: state, collected
+        events, pending events and waiters. ``Context.from_dict(workflow, data)`` and
+        ``workflow.run(ctx=...)`` continue from it."""
+        if self._backend is None:
+            return dict(self._seed)
+        return self._backend.snapshot()
+
+    @classmethod
+    def from_dict(cls, workflow: Workflow, data: dict[str, Any]) -> Context[Any]:
+        """A Context that makes ``workflow.run(ctx=...)`` continue the run ``data`` was taken from."""
+        if not isinstance(data, dict) or "state" not in data:
+            raise WorkflowRuntimeError("Context.from_dict() takes what Context.to_dict() returned")
+        ctx: Context[Any] = cls(workflow)
+        ctx._seed = dict(data)
+        return ctx

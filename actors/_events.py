@@ -60,6 +60,14 @@ class WorkflowCancelledEvent(StopEvent):
     hard: bool = False
 
 
+class InputRequiredEvent(Event):
+    """Written to the stream by a step that needs input (``ctx.wait_for_event(..., waiter_event=...)``)."""
+
+
+class HumanResponseEvent(Event):
+    """The answer to an ``InputRequiredEvent``, sent with ``handler.send_event``."""
+
+
 class InternalDispatchEvent(Event):
     """Base of the events the runtime publishes about itself; streamed only with ``expose_internal=True``."""
 
@@ -72,3 +80,11 @@ class StepStateChanged(InternalDispatchEvent):
     worker_pid: int | None = None
     input_event: str = ""
     invocation: int = 0
+
+
+class StepQueueChanged(InternalDispatchEvent):
+    """A step's queue changed: ``queued`` events wait for one of its ``num_workers`` slots, ``active`` run."""
+
+    step: str
+    queued: int
+    active: int

@@ -24,12 +24,12 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ._context import Context
+from ._context import Context, Suspend, WaitRequest
 from ._errors import PayloadError, WorkflowRuntimeError
 from ._events import Event
 from ._protocol import (
     CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Mailbox, Publish,
-    Reply, Request, Shutdown,
+    Reply, Request, Shutdown, Suspended,
 )
 from ._workflow import Workflow, WorkflowSpec
 
@@ -47,6 +47,7 @@ class ActorHost:
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
         self._req_ids = itertools.count(1)
         self._req_lock = threading.Lock()
+        self.load_errors: dict[int, BaseException] = {}
 
     # --- the reader thread -------------------------------------------------------------------------------
     def read_forever(self) -> None:
@@ -67,6 +68,9 @@ class ActorHost:
         with self._req_lock:
             fut = self._requests.pop(msg.req, None)
         if fut is None:
+            return
+        # The asking step may have been cancelled meanwhile (its future cancelled with it).
+        if not fut.set_running_or_notify_cancel():
             return
         try:
             value = self.mailbox.unpack(msg.value)
@@ -98,14 +102,24 @@ class ActorHost:
                 if task is not None:
                     task.cancel()
         elif isinstance(msg, LoadWorkflow):
-            workflow = self.mailbox.load_definition(msg.definition)
-            self.workflows[msg.key] = (workflow, type(workflow)._spec())
+            try:
+                workflow = self.mailbox.load_definition(msg.definition)
+                self.workflows[msg.key] = (workflow, type(workflow)._spec())
+            except Exception as exc:  # reported by every invocation of this workflow
+                self.load_errors[msg.key] = exc
         elif isinstance(msg, DropWorkflow):
             self.workflows.pop(msg.key, None)
         elif isinstance(msg, Shutdown):
             self.loop.stop()
 
     async def _invoke(self, msg: Invoke) -> None:
+        if msg.workflow not in self.workflows:
+            error = WorkflowRuntimeError(
+                f"worker {self.pid} could not load workflow {msg.workflow} to run step '{msg.step}': "
+                f"{self.load_errors.get(msg.workflow)!r}")
+            self.tasks.pop(msg.inv, None)
+            self.mailbox.send(self._failed(msg, error))
+            return
         workflow, wspec = self.workflows[msg.workflow]
         spec = wspec.steps[msg.step]
         try:
@@ -129,6 +143,8 @@ class ActorHost:
             return self._done(msg, result)
         except asyncio.CancelledError:
             raise
+        except Suspend as suspend:
+            return self._suspended(msg, suspend)
         except BaseException as exc:  # noqa: BLE001 -- see the module docstring
             return self._failed(msg, exc)
 
@@ -136,8 +152,21 @@ class ActorHost:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
             return self._done(msg, fn(**kwargs))
+        except Suspend as suspend:
+            return self._suspended(msg, suspend)
         except BaseException as exc:  # noqa: BLE001 -- see the module docstring
             return self._failed(msg, exc)
+
+    def _suspended(self, msg: Invoke, suspend: Suspend) -> object:
+        wait = suspend.wait
+        try:
+            return Suspended(msg.inv, suspend.waiter_id, self.mailbox.pack(wait.event_type),
+                             self.mailbox.pack(wait.requirements), wait.timeout,
+                             None if wait.waiter_event is None else self.mailbox.pack(wait.waiter_event))
+        except PayloadError as exc:
+            return self._failed(msg, PayloadError(
+                f"step '{msg.step}': wait_for_event({wait.event_type.__name__}) has a waiter event or "
+                f"requirements that cannot be pickled: {exc}"))
 
     def _prepare(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec
                  ) -> tuple[Any, dict[str, Any]]:
@@ -182,12 +211,13 @@ class ActorHost:
 class _WorkerBackend:
     """A step's Context backend inside a worker: fire-and-forget sends, request/reply for run state."""
 
-    __slots__ = ("host", "msg", "wspec")
+    __slots__ = ("host", "msg", "wspec", "_waits")
 
     def __init__(self, host: ActorHost, msg: Invoke, wspec: WorkflowSpec) -> None:
         self.host = host
         self.msg = msg
         self.wspec = wspec
+        self._waits = 0
 
     def _pack_event(self, event: Event, what: str) -> Any:
         try:
@@ -211,7 +241,29 @@ class _WorkerBackend:
         return result
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        return self.host.request(self.msg.inv, op, *args)
+        try:
+            return self.host.request(self.msg.inv, op, *args)
+        except PayloadError as exc:
+            what = f"store.{op}({args[0]!r})" if op == "set" else f"store.{op}()"
+            raise PayloadError(f"step '{self.msg.step}': {what}: the value cannot be stored, it cannot be "
+                               f"pickled: {exc}") from exc
+
+    def wait_for_event(self, wait: WaitRequest) -> Event:
+        waiter_id = wait.waiter_id
+        if waiter_id is None:
+            # Stable across re-runs of this invocation: the n-th wait of the lineage.
+            waiter_id = f"{self.msg.lineage or self.msg.inv}:{self._waits}"
+            self._waits += 1
+        for wid, packed in self.msg.resumed:
+            if wid == waiter_id:
+                value = self.host.mailbox.unpack(packed)
+                if isinstance(value, BaseException):
+                    raise value
+                return value  # type: ignore[no-any-return]
+        raise Suspend(wait, waiter_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
 
 
 

@@ -38,13 +38,18 @@ class DropWorkflow:
 
 @dataclass(frozen=True, slots=True)
 class Invoke:
-    """Run ``step`` of workflow ``workflow`` on ``event`` as invocation ``inv`` of run ``run_id``."""
+    """Run ``step`` of workflow ``workflow`` on ``event`` as invocation ``inv`` of run ``run_id``.
+
+    A step that waited for events is run again from the start (``lineage`` names its first invocation);
+    ``resumed`` maps each of its waiter ids to the event (or the timeout error) that answered it."""
 
     inv: int
     run_id: str
     workflow: int
     step: str
     event: Packed
+    lineage: int = 0
+    resumed: tuple[tuple[str, Packed], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,19 @@ class Failed:
     inv: int
     error: Packed
     traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """Invocation ``inv`` called ``ctx.wait_for_event`` for an event not yet there: it is over, and the
+    supervisor runs the step again once an event of ``event_type`` matching ``requirements`` arrives."""
+
+    inv: int
+    waiter_id: str
+    event_type: Packed
+    requirements: Packed
+    timeout: float | None
+    waiter_event: Packed | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class StepSpec:
     is_async: bool
     free_function: bool
     retry_policy: Any
+    state_type: type | None = None
 
 
 @overload
@@ -95,12 +96,15 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig) -> StepSpec
     if not config.free_function and params:
         params = params[1:]  # self
     ctx_param = None
+    state_type = None
     ev_param = None
     accepts: tuple[type[Event], ...] = ()
     for p in params:
         ann = hints.get(p.name, inspect.Parameter.empty)
         if _is_context(ann):
             ctx_param = p.name
+            args = typing.get_args(ann)
+            state_type = args[0] if args and isinstance(args[0], type) else None
         elif (events := _event_types(ann)) and ev_param is None:
             ev_param, accepts = p.name, events
         elif p.default is inspect.Parameter.empty:
@@ -118,8 +122,12 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig) -> StepSpec
     if emits is None:
         raise WorkflowValidationError(
             f"step '{name}': return annotation {hints['return']!r} must be Event types and/or None")
+    if config.retry_policy is not None and not callable(getattr(config.retry_policy, "next", None)):
+        raise WorkflowValidationError(
+            f"step '{name}': retry_policy {config.retry_policy!r} has no next(elapsed, attempts, error)")
     return StepSpec(name, fn, accepts, emits, ctx_param, ev_param, config.num_workers,
-                    inspect.iscoroutinefunction(fn), config.free_function, config.retry_policy)
+                    inspect.iscoroutinefunction(fn), config.free_function, config.retry_policy,
+                    state_type)
 
 
 def _type_hints(name: str, fn: Callable[..., Any]) -> dict[str, Any]:

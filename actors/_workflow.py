@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from ._errors import WorkflowValidationError
+from pydantic import BaseModel
+
+from ._errors import WorkflowRuntimeError, WorkflowValidationError
 from ._events import StartEvent, StopEvent
 from ._step import STEP_ATTR, StepSpec, read_step
 
@@ -19,6 +21,7 @@ class WorkflowSpec:
         self.name = name
         self.steps = steps
         self.start_event_type = _start_event_type(name, steps)
+        self.state_type = _state_type(name, steps)
         self.consumers: dict[type, tuple[str, ...]] = {}
         for spec in steps.values():
             for ev_type in spec.accepts:
@@ -34,10 +37,10 @@ class WorkflowSpec:
             return
         spec = self.steps.get(step)
         if spec is None:
-            raise WorkflowValidationError(
+            raise WorkflowRuntimeError(
                 f"workflow {self.name} has no step '{step}' (steps: {', '.join(sorted(self.steps))})")
         if event_type not in spec.accepts:
-            raise WorkflowValidationError(
+            raise WorkflowRuntimeError(
                 f"step '{step}' does not accept {event_type.__name__} "
                 f"(it accepts {', '.join(t.__name__ for t in spec.accepts)})")
 
@@ -141,6 +144,27 @@ def _start_event_type(name: str, steps: dict[str, StepSpec]) -> type[StartEvent]
         raise WorkflowValidationError(
             f"workflow {name} accepts more than one start event type ({names}); use exactly one")
     return next(iter(starts), None)
+
+
+def _state_type(name: str, steps: dict[str, StepSpec]) -> type[BaseModel] | None:
+    """The ``S`` of the steps' ``Context[S]`` annotations (one type for the whole workflow)."""
+    types_ = {s.state_type for s in steps.values() if s.state_type is not None}
+    if len(types_) > 1:
+        raise WorkflowValidationError(
+            f"workflow {name}: steps annotate different state types "
+            f"({', '.join(sorted(t.__name__ for t in types_))}); use one Context[State] type")
+    state = next(iter(types_), None)
+    if state is not None and not issubclass(state, BaseModel):
+        raise WorkflowValidationError(
+            f"workflow {name}: Context[{state.__name__}]: the state type must be a pydantic model")
+    if state is not None:
+        try:
+            state()
+        except Exception as exc:
+            raise WorkflowValidationError(
+                f"workflow {name}: state type {state.__name__} must be constructible with no arguments "
+                f"(give every field a default): {exc}") from exc
+    return state
 
 
 def validate(spec: WorkflowSpec) -> None:

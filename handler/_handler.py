@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from actors import (
     Context, Event, InternalDispatchEvent, StopEvent, WorkflowCancelledByUser, WorkflowRuntimeError,
 )
+from actors._context import WaitRequest
 from runtime import END, RunAdapter
 
 if TYPE_CHECKING:
@@ -64,6 +65,12 @@ class _CallerBackend:
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         return self.adapter.store_call(op, *args)
+
+    def wait_for_event(self, wait: WaitRequest) -> Event:
+        raise WorkflowRuntimeError("wait_for_event() is for steps; from outside, stream the run's events")
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.adapter.snapshot()
 
 
 class WorkflowHandler(Awaitable[Any]):

@@ -31,4 +31,9 @@ def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEv
     engine: Engine = workflow.runtime if workflow.runtime is not None else get_default_runtime()
     adapter = engine.start_run(workflow, start_event, ctx)
     guard = getattr(engine, "_on_engine_thread", lambda: False)
-    return WorkflowHandler._create(workflow, adapter, wspec, guard)
+    handler = WorkflowHandler._create(workflow, adapter, wspec, guard)
+    if ctx is not None:
+        # The caller's Context now follows this run: reusing it for the next run carries the state on.
+        ctx._backend = handler.ctx._backend
+        handler._ctx = ctx
+    return handler

@@ -56,6 +56,10 @@ class RunAdapter(ABC):
         """Read or write the run's store ("get", "set"); after the run, reads its final contents."""
 
     @abstractmethod
+    def snapshot(self) -> dict[str, Any]:
+        """``Context.to_dict()`` of the ended run: a JSON-serializable dict."""
+
+    @abstractmethod
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:
         """``Context.collect_events`` for the caller's side of the run."""

@@ -11,6 +11,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from actors import Event, WorkflowRuntimeError
 from actors._context import MISSING
 from actors._protocol import Packed
@@ -48,6 +50,18 @@ class RunStatus(enum.Enum):
 _ENDED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
 
 
+Resumed = tuple[tuple[str, Packed], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """An event waiting for a slot of ``step``; ``lineage``/``resumed`` carry a waiting step's answers."""
+
+    event: Packed
+    lineage: int = 0
+    resumed: Resumed = ()
+
+
 @dataclass(eq=False, slots=True)
 class Invocation:
     """One execution of one step on one event."""
@@ -61,6 +75,31 @@ class Invocation:
     first_try: float = field(default_factory=time.monotonic)
     worker: Worker | None = None
     finished: bool = False
+    lineage: int = 0
+    resumed: Resumed = ()
+
+    @property
+    def root(self) -> int:
+        return self.lineage or self.inv
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A step suspended in ``ctx.wait_for_event``: run ``step`` on ``event`` again when it is answered."""
+
+    step: str
+    event: Packed
+    lineage: int
+    resumed: Resumed
+    waiter_id: str
+    event_type: type
+    requirements: dict[str, Any]
+    timeout: float | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def matches(self, event: Event) -> bool:
+        return type(event) is self.event_type and all(
+            getattr(event, k, MISSING) == v for k, v in self.requirements.items())
 
 
 @dataclass(eq=False, slots=True)
@@ -72,12 +111,19 @@ class RunState:
     adapter: RunAdapter
     start_event: Packed
     status: RunStatus = RunStatus.PENDING
-    store: dict[str, Any] = field(default_factory=dict)
+    store: Any = field(default_factory=dict)  # a dict, or the workflow's Context[State] model
     buffers: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
-    queued: dict[str, deque[Packed]] = field(default_factory=lambda: defaultdict(deque))
+    queued: dict[str, deque[StepInput]] = field(default_factory=lambda: defaultdict(deque))
     active: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     invs: dict[int, Invocation] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
+    waiters: dict[type, dict[tuple[int, str], Waiter]] = field(default_factory=dict)
+    waiter_events_written: set[tuple[int, str]] = field(default_factory=set)
+    state_holder: object = None
+    state_queue: deque[tuple[object, Any]] = field(default_factory=deque)
+    # What a resumed run starts from instead of its StartEvent, and what a cancelled run leaves behind:
+    # ("route", step or None, event) and ("invoke", step, StepInput) entries.
+    leftovers: list[tuple[str, str | None, Any]] = field(default_factory=list)
 
     def transition(self, to: RunStatus) -> None:
         if self.status.ended:
@@ -116,11 +162,15 @@ def store_set(store: dict[str, Any], key: str, value: Any) -> None:
         node = nxt
     if isinstance(node, dict):
         node[last] = value
-    else:
-        try:
+        return
+    try:
+        if isinstance(node, BaseModel) and last in type(node).model_fields:
+            # Validated like the model's own fields, so a typed state cannot take a wrong value.
+            node.__pydantic_validator__.validate_assignment(node, last, value)
+        else:
             setattr(node, last, value)
-        except Exception as exc:
-            raise WorkflowRuntimeError(f"cannot set store key {key!r}: {exc}") from exc
+    except Exception as exc:
+        raise WorkflowRuntimeError(f"cannot set store key {key!r} to {value!r}: {exc}") from exc
 
 
 def collect(buffer: list[Event], event: Event, expected: list[type[Event]]) -> list[Event] | None:

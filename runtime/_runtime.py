@@ -21,6 +21,7 @@ from actors import Event, RuntimeBrokenError, StartEvent, Workflow, WorkflowRunt
 
 from ._adapter import Engine, RunAdapter
 from ._run import RunState
+from ._snapshot import seed, to_dict
 from ._stream import EventStream
 from ._supervisor import Supervisor, SupervisorState
 
@@ -116,7 +117,6 @@ class ProcessRuntime(Engine):
             loop.call_soon_threadsafe(loop.stop)
             self._sup.thread.join(timeout + 5)
             if not self._sup.thread.is_alive():
-                loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
 
     def __enter__(self) -> ProcessRuntime:
@@ -142,9 +142,11 @@ class ProcessRuntime(Engine):
         key = self._workflow_key(workflow, wspec.event_types())
         packed = self._sup.codec.pack(start_event)
         adapter = ProcessRunAdapter(self._sup, uuid.uuid4().hex, workflow)
-        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed)
+        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed,
+                       store=wspec.state_type() if wspec.state_type else {})
+        adapter._run = run
         if ctx is not None:
-            run.store.update(getattr(ctx, "_seed", {}))
+            seed(run, ctx.to_dict(), self._sup.codec)
         self._sup.call(self._sup.begin, run)
         return adapter
 
@@ -181,7 +183,8 @@ class ProcessRunAdapter(RunAdapter):
         self.result: concurrent.futures.Future[StopEvent] = concurrent.futures.Future()
         self.events = EventStream()
         self.stop_event = None
-        self._final_store: dict[str, Any] | None = None
+        self._run: RunState | None = None  # set once by start_run; read on the supervisor thread only
+        self._final_run: RunState | None = None
 
     def send_event(self, event: Event, step: str | None = None) -> concurrent.futures.Future[None]:
         type(self.workflow)._spec().check_target(type(event), step)
@@ -202,32 +205,22 @@ class ProcessRunAdapter(RunAdapter):
         return self._sup.call(self._sup.abort, self.run_id)
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        final = self._final_store
-        if final is None:
-            return self._sup.call(self._sup.caller_state_op, self.run_id, op, args)
-        # The run is over: its store is no longer touched by the supervisor; read it here.
-        import copy
-
-        from ._run import store_get, store_set
-
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        try:
-            if op == "get":
-                fut.set_result(copy.deepcopy(store_get(final, *args)))
-            elif op == "set":
-                store_set(final, args[0], copy.deepcopy(args[1]))
-                fut.set_result(None)
-            else:
-                raise WorkflowRuntimeError(f"{op} is not possible after the run ended")
-        except Exception as exc:
-            fut.set_exception(exc)
+        self._sup.call(self._sup.caller_state_op, self._run, op, args, fut)
         return fut
+
+    def snapshot(self) -> dict[str, Any]:
+        run = self._final_run
+        if run is None:
+            raise WorkflowRuntimeError(
+                f"run {self.run_id} is still going: to_dict() needs a run that has ended (stop it "
+                "gracefully with cancel_run() first)")
+        return to_dict(run, self._sup.codec)
 
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:
-        result: list[Event] | None = self._sup.call(
-            self._sup.caller_state_op, self.run_id, "collect",
-            (buffer_id or "_caller", event, expected)).result()
+        result: list[Event] | None = self.store_call(
+            "collect", buffer_id or "_caller", event, expected).result()
         return result
 
 

@@ -33,14 +33,18 @@ from actors import (
     WorkflowCancelledByUser, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowRuntimeError,
     WorkflowTimedOutEvent, WorkflowTimeoutError,
 )
+from actors._context import MISSING
+from actors._events import StepQueueChanged
 from actors._protocol import (
     CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Packed, Publish,
-    Reply, Request,
+    Reply, Request, Suspended,
 )
 
 from ._codec import Codec
 from ._pool import Pool, RestartBudget, Worker, make_context
-from ._run import Invocation, RunState, RunStatus, collect, store_get, store_set
+from ._run import (
+    Invocation, RunState, RunStatus, StepInput, Waiter, collect, store_get, store_set,
+)
 
 if TYPE_CHECKING:
     from ._adapter import RunAdapter
@@ -82,6 +86,7 @@ class Supervisor:
         self._handlers: dict[type, Callable[[Worker, Any], None]] = {
             Done: self._on_done, Failed: self._on_failed, Cancelled: self._on_cancelled,
             Emit: self._on_emit, Publish: self._on_publish, Request: self._on_request,
+            Suspended: self._on_suspended,
         }
 
     # --- the door --------------------------------------------------------------------------------------
@@ -144,10 +149,29 @@ class Supervisor:
         run.transition(RunStatus.RUNNING)
         if run.workflow.timeout is not None:
             run.timer = self.loop.call_later(run.workflow.timeout, self._timed_out, run)
-        start_type = run.wspec.start_event_type
-        for step in run.wspec.consumers.get(start_type, ()):  # type: ignore[arg-type]
-            self._enqueue(run, step, run.start_event)
+        if run.leftovers or run.waiters:
+            self._resume(run)
+        else:
+            for step in run.wspec.consumers.get(run.wspec.start_event_type, ()):  # type: ignore[arg-type]
+                self._enqueue(run, step, StepInput(run.start_event))
         self.schedule()
+
+    def _resume(self, run: RunState) -> None:
+        """Start a run from a snapshot: re-arm its waiters, re-queue what was pending."""
+        leftovers, run.leftovers = run.leftovers, []
+        lineages = [w.lineage for ws in run.waiters.values() for w in ws.values()]
+        lineages += [item.lineage for kind, _, item in leftovers if kind == "invoke"]
+        if lineages:  # restored lineage ids must not collide with new invocation ids
+            self._ids = itertools.count(max(next(self._ids), max(lineages) + 1))
+        for waiters in run.waiters.values():
+            for w in waiters.values():
+                if w.timeout is not None:
+                    w.timer = self.loop.call_later(w.timeout, self._wait_timed_out, run, w)
+        for kind, step, item in leftovers:
+            if kind == "invoke":
+                self._enqueue(run, step, item)  # type: ignore[arg-type]
+            else:
+                self._route(run, self.codec.unpack(item), item, step)
 
     def _timed_out(self, run: RunState) -> None:
         timeout = run.workflow.timeout
@@ -170,8 +194,12 @@ class Supervisor:
         run.transition(status)
         if run.timer is not None:
             run.timer.cancel()
-        run.queued.clear()
+        self._keep_leftovers(run)
         self._stop_invocations(run, hard=True, why=f"run {run.run_id} {status.value}")
+        for waiters in run.waiters.values():
+            for w in waiters.values():
+                if w.timer is not None:
+                    w.timer.cancel()
         self.runs.pop(run.run_id, None)
         if was_pending:
             self.wf_waiting.get(run.wf_key, deque()).remove(run)
@@ -182,7 +210,7 @@ class Supervisor:
     def _resolve(self, run: RunState, stop: StopEvent | None, exc: BaseException | None) -> None:
         adapter = run.adapter
         adapter.stop_event = stop
-        adapter._final_store = run.store  # type: ignore[attr-defined]
+        adapter._final_run = run  # type: ignore[attr-defined]
         if stop is not None:
             adapter.events.put(stop)
         adapter.events.close()
@@ -224,25 +252,57 @@ class Supervisor:
 
     # --- routing and scheduling ------------------------------------------------------------------------
     def _route(self, run: RunState, event: Event, packed: Packed, step: str | None) -> bool:
-        """Queue ``event`` for ``step`` or every step accepting its exact type; False if none does."""
+        """Answer the waiters ``event`` matches, and queue it for ``step`` or every step accepting its
+        exact type; False if nothing took it."""
+        answered = self._answer_waiters(run, event, packed) if step is None else False
         steps = (step,) if step is not None else run.wspec.consumers.get(type(event), ())
         for name in steps:
-            self._enqueue(run, name, packed)
-        return bool(steps)
+            self._enqueue(run, name, StepInput(packed))
+        return bool(steps) or answered
 
-    def _enqueue(self, run: RunState, step: str, packed: Packed, attempt: int = 1,
+    def _answer_waiters(self, run: RunState, event: Event, packed: Packed) -> bool:
+        waiters = run.waiters.get(type(event))
+        if not waiters:
+            return False
+        answered = [key for key, w in waiters.items() if w.matches(event)]
+        for key in answered:
+            self._wake(run, waiters.pop(key), packed)
+        return bool(answered)
+
+    def _wake(self, run: RunState, w: Waiter, answer: Packed) -> None:
+        if w.timer is not None:
+            w.timer.cancel()
+        self._enqueue(run, w.step, StepInput(w.event, w.lineage, w.resumed + ((w.waiter_id, answer),)))
+
+    def _wait_timed_out(self, run: RunState, w: Waiter) -> None:
+        waiters = run.waiters.get(w.event_type, {})
+        if waiters.get((w.lineage, w.waiter_id)) is not w or not run.status.accepts_work:
+            return
+        del waiters[(w.lineage, w.waiter_id)]
+        error = WorkflowTimeoutError(f"step '{w.step}': wait_for_event({w.event_type.__name__}) got no "
+                                     f"matching event within {w.timeout} s")
+        self._wake(run, w, self.codec.pack(error))
+        self.schedule()
+
+    def _enqueue(self, run: RunState, step: str, item: StepInput, attempt: int = 1,
                  first_try: float | None = None) -> None:
         spec = run.wspec.steps[step]
         if run.active[step] >= spec.num_workers:
-            run.queued[step].append(packed)
+            run.queued[step].append(item)
+            self._queue_changed(run, step)
             return
         run.active[step] += 1
-        inv = Invocation(next(self._ids), run, step, packed, spec.is_async, attempt)
+        inv = Invocation(next(self._ids), run, step, item.event, spec.is_async, attempt,
+                         lineage=item.lineage, resumed=item.resumed)
         if first_try is not None:
             inv.first_try = first_try
         run.invs[inv.inv] = inv
         self.invocations[inv.inv] = inv
         self.pending.append(inv)
+
+    def _queue_changed(self, run: RunState, step: str) -> None:
+        run.adapter.events.put(StepQueueChanged(step=step, queued=len(run.queued[step]),
+                                                active=run.active[step]))
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
@@ -271,7 +331,8 @@ class Supervisor:
             worker.async_invs.add(inv.inv)
         else:
             worker.sync_inv = inv
-        channel.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event))
+        channel.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event, inv.lineage,
+                            inv.resumed))
         self._internal(run, inv, "running")
 
     def _internal(self, run: RunState, inv: Invocation, state: str) -> None:
@@ -297,9 +358,12 @@ class Supervisor:
         self.invocations.pop(inv.inv, None)
         run.invs.pop(inv.inv, None)
         run.active[inv.step] -= 1
+        if run.state_holder == inv.inv:  # it ended inside edit_state(): its edit is dropped
+            self._unlock_state(run)
         queue = run.queued.get(inv.step)
         if queue and run.status.accepts_work:
             self._enqueue(run, inv.step, queue.popleft())
+            self._queue_changed(run, inv.step)
         if run.status is RunStatus.CANCELLING and not run.invs:
             self.finish(run, RunStatus.CANCELLED, WorkflowCancelledEvent(result="cancelled"),
                         WorkflowCancelledByUser(f"run {run.run_id} was cancelled"))
@@ -326,10 +390,22 @@ class Supervisor:
                 f"step '{step}' {what} {packed.type_name}, which the parent cannot unpickle: {exc}"), step)
             return None
 
+    def _keep_leftovers(self, run: RunState) -> None:
+        """Move what has not started (queued and unplaced inputs) to ``leftovers``, for a snapshot."""
+        for step, queue in run.queued.items():
+            run.leftovers.extend(("invoke", step, item) for item in queue)
+        run.queued.clear()
+        for inv in run.invs.values():
+            if inv.worker is None:
+                run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+
     def _on_done(self, worker: Worker, msg: Done) -> None:
         inv = self.invocations.get(msg.inv)
         if inv is None:
             return
+        if inv.run.status is RunStatus.CANCELLING and msg.result is not None:
+            # A step finishing during a graceful cancel: keep its output for a resumed run.
+            inv.run.leftovers.append(("route", None, msg.result))
         self._release(inv)
         run = inv.run
         if not run.status.accepts_work:
@@ -367,7 +443,7 @@ class Supervisor:
         run, policy = inv.run, inv.run.wspec.steps[inv.step].retry_policy
         delay = None
         if policy is not None and isinstance(exc, Exception):
-            delay = policy.next(time.monotonic() - inv.first_try, inv.attempt, exc)
+            delay = policy.next(time.monotonic() - inv.first_try, inv.attempt - 1, exc)
         if delay is None:
             self.fail(run, exc, inv.step)
             return
@@ -378,17 +454,53 @@ class Supervisor:
         def again() -> None:
             run.active[inv.step] -= 1
             if run.status.accepts_work:
-                self._enqueue(run, inv.step, inv.event, inv.attempt + 1, inv.first_try)
+                self._enqueue(run, inv.step, StepInput(inv.event, inv.lineage, inv.resumed),
+                              inv.attempt + 1, inv.first_try)
                 self.schedule()
 
         self.loop.call_later(max(0.0, delay), again)
 
     def _on_cancelled(self, worker: Worker, msg: Cancelled) -> None:
         inv = self.invocations.get(msg.inv)
-        if inv is not None:
-            self._release(inv)
+        if inv is None:
+            return
+        if inv.run.status is RunStatus.CANCELLING:  # it did not run to the end: run it again on resume
+            inv.run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+        self._release(inv)
+
+    def _on_suspended(self, worker: Worker, msg: Suspended) -> None:
+        inv = self.invocations.get(msg.inv)
+        if inv is None:
+            return
+        run = inv.run
+        if not run.status.ended:  # registered before the release, which may end a cancelling run
+            try:
+                self._register_waiter(run, inv, msg)
+            except Exception as exc:
+                self.fail(run, WorkflowRuntimeError(
+                    f"step '{inv.step}': wait_for_event could not be registered: {exc}"), inv.step)
+        self._release(inv)
+
+    def _register_waiter(self, run: RunState, inv: Invocation, msg: Suspended) -> None:
+        event_type = self.codec.unpack(msg.event_type)
+        w = Waiter(inv.step, inv.event, inv.root, inv.resumed, msg.waiter_id, event_type,
+                   self.codec.unpack(msg.requirements), msg.timeout)
+        run.waiters.setdefault(event_type, {})[(w.lineage, w.waiter_id)] = w
+        if not run.status.accepts_work:
+            return
+        self._internal(run, inv, "waiting")
+        key = (w.lineage, w.waiter_id)
+        if msg.waiter_event is not None and key not in run.waiter_events_written:
+            run.waiter_events_written.add(key)
+            run.adapter.events.put(self.codec.unpack(msg.waiter_event))
+        if w.timeout is not None:
+            w.timer = self.loop.call_later(w.timeout, self._wait_timed_out, run, w)
 
     def _on_emit(self, worker: Worker, msg: Emit) -> None:
+        inv = self.invocations.get(msg.inv)
+        if inv is not None and inv.run.status is RunStatus.CANCELLING:
+            inv.run.leftovers.append(("route", msg.step, msg.event))
+            return
         live = self._live(msg.inv)
         if live is None:
             return
@@ -407,22 +519,30 @@ class Supervisor:
             live[1].adapter.events.put(event)
 
     def _on_request(self, worker: Worker, msg: Request) -> None:
+        def reply(ok: bool, value: Any) -> None:
+            try:
+                packed = self.codec.pack(value)
+            except Exception as exc:
+                ok, packed = False, self.codec.pack(WorkflowRuntimeError(f"{msg.op}: {exc}"))
+            if worker.channel is not None:
+                worker.channel.send(Reply(msg.req, ok, packed))
+
         inv = self.invocations.get(msg.inv)
         try:
             if inv is None or inv.run.status.ended:
                 raise WorkflowRuntimeError("the run has ended")
-            value = self.state_op(inv.run, msg.op, self.codec.unpack(msg.args))
-            reply = Reply(msg.req, True, self.codec.pack(value))
+            args = self.codec.unpack(msg.args)
+            if msg.op == "lock_state":
+                self._lock_state(inv.run, inv.inv, lambda state: reply(True, state))
+                return
+            value = self.state_op(inv.run, msg.op, args, inv.inv)
         except Exception as exc:
-            try:
-                reply = Reply(msg.req, False, self.codec.pack(exc))
-            except Exception:
-                reply = Reply(msg.req, False, self.codec.pack(WorkflowRuntimeError(repr(exc))))
-        if worker.channel is not None:
-            worker.channel.send(reply)
+            reply(False, exc)
+            return
+        reply(True, value)
 
-    def state_op(self, run: RunState, op: str, args: tuple[Any, ...]) -> Any:
-        """A request on a run's state, from a step or from the caller's side."""
+    def state_op(self, run: RunState, op: str, args: tuple[Any, ...], holder: object) -> Any:
+        """A request on a run's state, from a step (``holder`` is its invocation) or the caller."""
         if op == "get":
             return store_get(run.store, *args)
         if op == "set":
@@ -431,7 +551,44 @@ class Supervisor:
         if op == "collect":
             buffer_id, event, expected = args
             return collect(run.buffers[buffer_id], event, expected)
+        if op == "get_state":
+            return run.store
+        if op == "set_state":
+            self._set_state(run, args[0])
+            return None
+        if op == "unlock_state":
+            if run.state_holder != holder:
+                raise WorkflowRuntimeError("edit_state(): the state lock is not held")
+            if args[0] is not MISSING:
+                self._set_state(run, args[0])
+            self._unlock_state(run)
+            return None
         raise WorkflowRuntimeError(f"unknown state operation {op!r}")
+
+    def _set_state(self, run: RunState, state: Any) -> None:
+        expected = run.wspec.state_type or dict
+        if not isinstance(state, expected):
+            raise WorkflowRuntimeError(
+                f"the state of {run.wspec.name} is a {expected.__name__}, not {type(state).__name__}")
+        run.store = state
+
+    def _lock_state(self, run: RunState, holder: object, grant: Callable[[Any], None]) -> None:
+        """Grant the run's state lock to ``holder`` now or when it is free (FIFO)."""
+        if run.state_holder is None:
+            run.state_holder = holder
+            grant(run.store)
+        else:
+            run.state_queue.append((holder, grant))
+
+    def _unlock_state(self, run: RunState) -> None:
+        run.state_holder = None
+        while run.state_queue:
+            holder, grant = run.state_queue.popleft()
+            if isinstance(holder, int) and holder not in self.invocations:
+                continue  # that invocation ended while it waited for the lock
+            run.state_holder = holder
+            grant(run.store)
+            return
 
     # --- deaths ----------------------------------------------------------------------------------------
     def on_death(self, worker: Worker, expected: bool) -> None:
@@ -445,7 +602,8 @@ class Supervisor:
             if expected:
                 # Killed for another run's sake (its async step ignored cancellation): not this run's fault,
                 # so its step starts again from the beginning on another worker.
-                self._enqueue(run, inv.step, inv.event, inv.attempt, inv.first_try)
+                self._enqueue(run, inv.step, StepInput(inv.event, inv.lineage, inv.resumed),
+                              inv.attempt, inv.first_try)
                 continue
             err = WorkerCrashedError(
                 f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
@@ -481,12 +639,17 @@ class Supervisor:
         if run is not None and run.status.accepts_work:
             run.adapter.events.put(event)
 
-    def caller_state_op(self, run_id: str, op: str, args: tuple[Any, ...]) -> Any:
-        run = self.runs.get(run_id)
-        if run is None:
-            raise WorkflowRuntimeError(f"run {run_id} is not running")
-        # Copies both ways: the caller's thread must never share mutable objects with run state.
-        return copy.deepcopy(self.state_op(run, op, copy.deepcopy(args)))
+    def caller_state_op(self, run: RunState, op: str, args: tuple[Any, ...],
+                        fut: concurrent.futures.Future[Any]) -> None:
+        """A state operation from the caller's side (``handler.ctx``), during or after the run."""
+        # Copies both ways: the caller's threads must never share mutable objects with run state.
+        try:
+            if op == "lock_state":
+                self._lock_state(run, "caller", lambda state: fut.set_result(copy.deepcopy(state)))
+                return
+            fut.set_result(copy.deepcopy(self.state_op(run, op, copy.deepcopy(args), "caller")))
+        except Exception as exc:
+            fut.set_exception(exc)
 
     def cancel(self, run_id: str) -> None:
         run = self.runs.get(run_id)
@@ -497,7 +660,7 @@ class Supervisor:
                         WorkflowCancelledByUser(f"run {run_id} was cancelled"))
             return
         run.transition(RunStatus.CANCELLING)
-        run.queued.clear()
+        self._keep_leftovers(run)
         self._stop_invocations(run, hard=False, why=f"run {run_id} cancelled")
         if not run.invs:  # everything was still unplaced
             self.finish(run, RunStatus.CANCELLED, WorkflowCancelledEvent(result="cancelled"),
@@ -527,3 +690,4 @@ class Supervisor:
             self.pool.force_kill(w)
         while self.pool.live() and time.monotonic() < deadline + 2.0:
             await asyncio.sleep(0.01)
+        await self.loop.shutdown_default_executor()
