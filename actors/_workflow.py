@@ -20,6 +20,7 @@ class WorkflowSpec:
     def __init__(self, name: str, steps: dict[str, StepSpec]) -> None:
         self.name = name
         self.steps = steps
+        self.validated = False
         self.start_event_type = _start_event_type(name, steps)
         self.state_type = _state_type(name, steps)
         self.consumers: dict[type, tuple[str, ...]] = {}
@@ -54,6 +55,7 @@ class Workflow:
     """
 
     _free_steps: ClassVar[dict[str, Callable[..., Any]]] = {}
+    _steps_version: ClassVar[int] = 0  # bumped by step(workflow=...): every cached spec is then stale
 
     def __init__(
         self,
@@ -88,15 +90,14 @@ class Workflow:
         if "_free_steps" not in cls.__dict__:
             cls._free_steps = {}
         cls._free_steps[fn.__name__] = fn
+        Workflow._steps_version += 1
 
     @classmethod
     def _spec(cls) -> WorkflowSpec:
         """The workflow's graph, read once per class."""
-        # Keyed by the step count: a free function added with step(workflow=cls) invalidates it.
-        count = len(cls._all_step_functions())
         cached = cls.__dict__.get("_procflow_spec")
-        if cached is None or cached[0] != count:
-            cached = (count, _build_spec(cls))
+        if cached is None or cached[0] != Workflow._steps_version:
+            cached = (Workflow._steps_version, _build_spec(cls))
             cls._procflow_spec = cached  # type: ignore[attr-defined]
         return cached[1]
 
@@ -112,8 +113,9 @@ class Workflow:
 
     def _validate(self) -> WorkflowSpec:
         spec = type(self)._spec()
-        if not self.disable_validation:
+        if not self.disable_validation and not spec.validated:
             validate(spec)
+            spec.validated = True
         return spec
 
     def run(self, ctx: Context[Any] | None = None, start_event: StartEvent | None = None,

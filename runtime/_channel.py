@@ -45,6 +45,7 @@ class Channel:
         self._on_message, self._on_eof = on_message, on_eof
         self._rbuf = bytearray()
         self._wbuf = bytearray()
+        self._flush_pending = False
         self._closed = False
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
@@ -92,24 +93,35 @@ class Channel:
 
     # --- writing ---------------------------------------------------------------------------------------
     def send(self, msg: object) -> None:
-        """Queue ``msg`` for the worker; never blocks. Dropped silently once the channel is closed."""
+        """Queue ``msg`` for the worker; never blocks. Dropped silently once the channel is closed.
+
+        Frames queued during one loop iteration go out in one write at its end: under load this turns
+        many small syscalls (each waking the worker) into one."""
         if self._closed:
             return
-        data = frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-        if self._wbuf:
-            self._wbuf += data
+        self._wbuf += frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._closed or not self._wbuf:
             return
         try:
-            sent = os.write(self._wfd, data)
+            sent = os.write(self._wfd, self._wbuf)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
+            self._wbuf.clear()
             return  # the worker is gone; its sentinel reports that
-        if sent < len(data):
-            self._wbuf += data[sent:]
+        del self._wbuf[:sent]
+        if self._wbuf:
             self._loop.add_writer(self._wfd, self._on_writable)
 
     def _on_writable(self) -> None:
+        if self._closed:
+            return
         try:
             sent = os.write(self._wfd, self._wbuf)
         except (BlockingIOError, InterruptedError):

@@ -77,6 +77,9 @@ class Codec:
                 self.register(key, cls)
             return key
 
+    def class_of(self, key: int) -> type | None:
+        return self._cls_of.get(key)
+
     def register(self, key: int, cls: type) -> None:
         self._key_of[cls] = key
         self._cls_of[key] = cls
@@ -101,8 +104,8 @@ class Codec:
     def pack(self, obj: Any) -> Packed:
         """Pickle ``obj``; any failure is a ``PayloadError`` naming the type."""
         try:
-            return Packed(type(obj).__qualname__, self.dumps(obj))
-        except Exception as exc:
+            return Packed(type(obj).__qualname__, self.dumps(obj), self._key_of.get(type(obj), 0))
+        except BaseException as exc:  # noqa: BLE001 -- as in unpack: user code runs while pickling
             raise PayloadError(f"{type(obj).__qualname__} cannot be pickled: "
                                f"{type(exc).__name__}: {exc}") from exc
 
@@ -110,7 +113,8 @@ class Codec:
         """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
         try:
             return self.loads(packed.data)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 -- user code runs while unpickling: its SystemExit
+            # must fail the payload, not stop the supervisor loop (nothing here waits on cancellation).
             raise PayloadError(f"{packed.type_name} cannot be unpickled: "
                                f"{type(exc).__name__}: {exc}") from exc
 

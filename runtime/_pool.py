@@ -68,12 +68,13 @@ class Worker:
     draining: bool = False
     kill_reason: str | None = None
     descendants: list[psutil.Process] = field(default_factory=list)
+    exitcode: int | None = None
 
     def idle(self) -> bool:
         return self.sync_inv is None and not self.async_invs
 
     def describe_exit(self) -> str:
-        code = self.proc.exitcode
+        code = self.exitcode
         if code is None:
             return "still running"
         if code < 0:
@@ -225,6 +226,7 @@ class Pool:
     def _died(self, worker: Worker) -> None:
         self.loop.remove_reader(worker.proc.sentinel)
         worker.proc.join(timeout=1.0)
+        worker.exitcode = worker.proc.exitcode
         expected = worker.kill_reason is not None
         # A dead worker's process group may still hold processes its steps started: they go with it.
         signal_tree(worker.pid, signal.SIGKILL, worker.descendants)

@@ -62,7 +62,9 @@ class ProcessRuntime(Engine):
                                max_restarts=max_restarts if max_restarts is not None else 5 * size,
                                restart_window=restart_window, async_capacity=async_capacity)
         self._state = RuntimeState.NEW
-        self._lock = threading.Lock()
+        # Re-entrant: a garbage collection inside _workflow_key may run a workflow's finalizer, _forget,
+        # on this same thread.
+        self._lock = threading.RLock()
         self._keys = itertools.count(1)
         self._workflow_keys: dict[int, int] = {}  # id(workflow) -> key, while the workflow lives
         _ALL.add(self)

@@ -171,7 +171,8 @@ class Supervisor:
             if kind == "invoke":
                 self._enqueue(run, step, item)  # type: ignore[arg-type]
             else:
-                self._route(run, self.codec.unpack(item), item, step)
+                event = self.codec.unpack(item)
+                self._route(run, type(event), item, step, event)
 
     def _timed_out(self, run: RunState) -> None:
         timeout = run.workflow.timeout
@@ -251,11 +252,15 @@ class Supervisor:
                                    f"{self.cancel_grace:g} s (CPU-bound code in an async def?)")
 
     # --- routing and scheduling ------------------------------------------------------------------------
-    def _route(self, run: RunState, event: Event, packed: Packed, step: str | None) -> bool:
-        """Answer the waiters ``event`` matches, and queue it for ``step`` or every step accepting its
-        exact type; False if nothing took it."""
-        answered = self._answer_waiters(run, event, packed) if step is None else False
-        steps = (step,) if step is not None else run.wspec.consumers.get(type(event), ())
+    def _route(self, run: RunState, cls: type, packed: Packed, step: str | None,
+               event: Event | None = None) -> bool:
+        """Answer the waiters the event matches, and queue it for ``step`` or every step accepting its
+        exact type ``cls``; False if nothing took it. The event is unpickled here only if a waiter for
+        its type exists; otherwise the payload travels on as it came."""
+        answered = False
+        if step is None and run.waiters.get(cls):
+            answered = self._answer_waiters(run, event or self.codec.unpack(packed), packed)
+        steps = (step,) if step is not None else run.wspec.consumers.get(cls, ())
         for name in steps:
             self._enqueue(run, name, StepInput(packed))
         return bool(steps) or answered
@@ -301,8 +306,8 @@ class Supervisor:
         self.pending.append(inv)
 
     def _queue_changed(self, run: RunState, step: str) -> None:
-        run.adapter.events.put(StepQueueChanged(step=step, queued=len(run.queued[step]),
-                                                active=run.active[step]))
+        run.adapter.events.put(StepQueueChanged.model_construct(
+            step=step, queued=len(run.queued[step]), active=run.active[step]))
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
@@ -337,8 +342,9 @@ class Supervisor:
 
     def _internal(self, run: RunState, inv: Invocation, state: str) -> None:
         pid = inv.worker.pid if inv.worker is not None else None
-        ev = StepStateChanged(step=inv.step, state=state, worker_pid=pid,
-                              input_event=inv.event.type_name, invocation=inv.inv)
+        # model_construct: built from trusted values on the hot path, so validation is skipped.
+        ev = StepStateChanged.model_construct(step=inv.step, state=state, worker_pid=pid,
+                                              input_event=inv.event.type_name, invocation=inv.inv)
         run.adapter.events.put(ev)
         if run.workflow.verbose:
             print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
@@ -382,6 +388,16 @@ class Supervisor:
             return None
         return inv, inv.run
 
+    def _classify(self, run: RunState, packed: Packed, step: str, what: str
+                  ) -> tuple[type, Event | None] | None:
+        """The event's class from its key, unpickling only when the key is unknown; None (and the run
+        failed) when it cannot be unpickled."""
+        cls = self.codec.class_of(packed.type_key) if packed.type_key else None
+        if cls is not None:
+            return cls, None
+        event = self._decode(run, packed, step, what)
+        return None if event is None else (type(event), event)
+
     def _decode(self, run: RunState, packed: Packed, step: str, what: str) -> Any:
         try:
             return self.codec.unpack(packed)
@@ -413,14 +429,17 @@ class Supervisor:
         self._internal(run, inv, "done")
         if msg.result is None:
             return
-        event = self._decode(run, msg.result, inv.step, "returned")
-        if event is None:
+        found = self._classify(run, msg.result, inv.step, "returned")
+        if found is None:
             return
-        if isinstance(event, StopEvent):
-            self.finish(run, RunStatus.COMPLETED, event, None)
-        elif not self._route(run, event, msg.result, None):
+        cls, event = found
+        if issubclass(cls, StopEvent):
+            stop: StopEvent | None = event or self._decode(run, msg.result, inv.step, "returned")  # type: ignore[assignment]
+            if stop is not None:
+                self.finish(run, RunStatus.COMPLETED, stop, None)
+        elif not self._route(run, cls, msg.result, None, event):
             self.fail(run, WorkflowRuntimeError(
-                f"step '{inv.step}' returned {type(event).__name__}, which no step accepts"), inv.step)
+                f"step '{inv.step}' returned {cls.__name__}, which no step accepts"), inv.step)
 
     def _on_failed(self, worker: Worker, msg: Failed) -> None:
         inv = self.invocations.get(msg.inv)
@@ -505,10 +524,10 @@ class Supervisor:
         if live is None:
             return
         inv, run = live
-        event = self._decode(run, msg.event, inv.step, "sent")
-        if event is not None and not self._route(run, event, msg.event, msg.step):
+        found = self._classify(run, msg.event, inv.step, "sent")
+        if found is not None and not self._route(run, found[0], msg.event, msg.step, found[1]):
             self.fail(run, WorkflowRuntimeError(
-                f"step '{inv.step}' sent {type(event).__name__}, which no step accepts"), inv.step)
+                f"step '{inv.step}' sent {found[0].__name__}, which no step accepts"), inv.step)
 
     def _on_publish(self, worker: Worker, msg: Publish) -> None:
         live = self._live(msg.inv)
@@ -608,7 +627,7 @@ class Supervisor:
             err = WorkerCrashedError(
                 f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
                 f"on {inv.event.type_name} died: {worker.describe_exit()}",
-                step=inv.step, pid=worker.pid, exitcode=worker.proc.exitcode)
+                step=inv.step, pid=worker.pid, exitcode=worker.exitcode)
             self._retry_or_fail(inv, err)
         self.schedule()
 
@@ -630,7 +649,7 @@ class Supervisor:
         run = self.runs.get(run_id)
         if run is None or not run.status.accepts_work:
             raise WorkflowRuntimeError(f"run {run_id} is not running; cannot send {type(event).__name__}")
-        if not self._route(run, event, packed, step):
+        if not self._route(run, type(event), packed, step, event):
             raise WorkflowRuntimeError(f"no step of {run.wspec.name} accepts {type(event).__name__}")
         self.schedule()
 
