@@ -2,11 +2,16 @@
 
 Data flow inside one worker:
 
-    supervisor --inbox--> [reader thread] --Reply--> resolves a pending request future (any thread waits)
-                                     \\--other--> loop.call_soon_threadsafe(host.dispatch)
+    supervisor --inbox--> [loop thread] reader callback: Reply -> resolves the request's future
+                                                          other -> dispatch (Invoke starts a task, ...)
     [loop thread]   runs async steps as tasks; many at once
-    [step thread]   runs plain ``def`` steps, one at a time (the supervisor never sends two)
+    [step thread]   runs plain ``def`` steps, one at a time (the supervisor never sends two); it waits for
+                    replies on futures that the loop thread resolves
     both threads --mailbox.send (locked)--> outbox --> supervisor
+
+An async step that blocks for a reply (``collect_events`` is synchronous) blocks the loop thread, so that
+thread then reads the inbox itself until its reply comes, keeping everything else it reads, in order, in
+a backlog the loop dispatches next.
 
 A step's exception, including SystemExit and KeyboardInterrupt raised by its code, is reported as ``Failed``
 and the worker lives on: it may be hosting other runs' async steps. Only the supervisor ends a worker
@@ -21,6 +26,7 @@ import itertools
 import os
 import threading
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,21 +54,46 @@ class ActorHost:
         self._req_ids = itertools.count(1)
         self._req_lock = threading.Lock()
         self.load_errors: dict[int, BaseException] = {}
+        self._backlog: deque[object] = deque()
+        self._loop_thread = threading.get_ident()
 
-    # --- the reader thread -------------------------------------------------------------------------------
-    def read_forever(self) -> None:
-        """Runs in the reader thread until the supervisor goes away or says Shutdown."""
-        while True:
-            try:
-                msg = self.mailbox.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the parent is gone: nobody is left to report to
+    # --- reading the inbox (loop thread) ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.add_reader(self.mailbox.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            msgs = self.mailbox.recv_ready()
+        except EOFError:
+            os._exit(0)  # the parent is gone: nobody is left to report to
+        self._backlog.extend(msgs)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._backlog:
+            msg = self._backlog.popleft()
             if isinstance(msg, Reply):
                 self._resolve(msg)
-                continue
-            self.loop.call_soon_threadsafe(self.dispatch, msg)
-            if isinstance(msg, Shutdown):
-                return
+            else:
+                self.dispatch(msg)
+
+    def wait(self, fut: concurrent.futures.Future[Any]) -> Any:
+        """``fut.result()``, but on the loop thread read the inbox meanwhile (see the module docstring)."""
+        if threading.get_ident() != self._loop_thread:
+            return fut.result()
+        while not fut.done():
+            try:
+                msgs = self.mailbox.recv_wait()
+            except EOFError:
+                os._exit(0)
+            for msg in msgs:
+                if isinstance(msg, Reply):
+                    self._resolve(msg)
+                else:
+                    self._backlog.append(msg)
+        if self._backlog:
+            self.loop.call_soon(self._drain)
+        return fut.result()
 
     def _resolve(self, msg: Reply) -> None:
         with self._req_lock:
@@ -237,7 +268,7 @@ class _WorkerBackend:
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:
         fut = self.host.request(self.msg.inv, "collect", buffer_id or self.msg.step, event, expected)
-        result: list[Event] | None = fut.result()
+        result: list[Event] | None = self.host.wait(fut)
         return result
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:

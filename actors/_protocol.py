@@ -184,8 +184,17 @@ class Cancelled:
 class Mailbox(Protocol):
     """The host's two channels to the supervisor, and the codec for payloads."""
 
-    def recv(self) -> object:
-        """The next message; blocks. Raises EOFError when the supervisor is gone."""
+    def fileno(self) -> int:
+        """The inbox's fd, for the loop's reader callback."""
+        ...
+
+    def recv_ready(self) -> list[object]:
+        """The messages that can be read now (maybe none); never blocks. EOFError when the supervisor is
+        gone."""
+        ...
+
+    def recv_wait(self) -> list[object]:
+        """At least one message; blocks. EOFError when the supervisor is gone."""
         ...
 
     def send(self, msg: object) -> None:

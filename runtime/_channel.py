@@ -34,43 +34,27 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(n) + payload
 
 
-class Channel:
-    """Non-blocking, loop-driven ends of a worker's inbox (write) and outbox (read)."""
+class FrameReader:
+    """Reads ``multiprocessing.connection`` frames from a non-blocking fd, however the bytes arrive."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
-                 on_message: Callable[[object], None], on_eof: Callable[[], None]) -> None:
-        self._loop = loop
-        self._inbox, self._outbox = inbox, outbox
-        self._wfd, self._rfd = inbox.fileno(), outbox.fileno()
-        self._on_message, self._on_eof = on_message, on_eof
-        self._rbuf = bytearray()
-        self._wbuf = bytearray()
-        self._flush_pending = False
-        self._closed = False
-        os.set_blocking(self._wfd, False)
-        os.set_blocking(self._rfd, False)
-        loop.add_reader(self._rfd, self._on_readable)
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        os.set_blocking(fd, False)
 
-    # --- reading ---------------------------------------------------------------------------------------
-    def _on_readable(self) -> None:
+    def read(self) -> list[bytes] | None:
+        """The frames completed by what can be read now; [] if nothing is there; None at EOF."""
         try:
-            chunk = os.read(self._rfd, _READ_CHUNK)
+            chunk = os.read(self.fd, _READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return []
         except OSError:
             chunk = b""
         if not chunk:
-            self._eof()
-            return
-        self._rbuf += chunk
-        for payload in self._frames():
-            if self._closed:
-                return
-            self._on_message(pickle.loads(payload))
-
-    def _frames(self) -> list[bytes]:
+            return None
+        self._buf += chunk
         out: list[bytes] = []
-        buf, pos = self._rbuf, 0
+        buf, pos = self._buf, 0
         while len(buf) - pos >= 4:
             (n,) = _HEADER.unpack_from(buf, pos)
             head = 4
@@ -85,6 +69,34 @@ class Channel:
             pos += head + n
         del buf[:pos]
         return out
+
+
+class Channel:
+    """Non-blocking, loop-driven ends of a worker's inbox (write) and outbox (read)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
+                 on_message: Callable[[object], None], on_eof: Callable[[], None]) -> None:
+        self._loop = loop
+        self._inbox, self._outbox = inbox, outbox
+        self._wfd, self._rfd = inbox.fileno(), outbox.fileno()
+        self._on_message, self._on_eof = on_message, on_eof
+        self._reader = FrameReader(self._rfd)
+        self._wbuf = bytearray()
+        self._flush_pending = False
+        self._closed = False
+        os.set_blocking(self._wfd, False)
+        loop.add_reader(self._rfd, self._on_readable)
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        frames = self._reader.read()
+        if frames is None:
+            self._eof()
+            return
+        for payload in frames:
+            if self._closed:
+                return
+            self._on_message(pickle.loads(payload))
 
     def _eof(self) -> None:
         if not self._closed:

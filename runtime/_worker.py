@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import threading
 from multiprocessing.connection import Connection
@@ -21,6 +22,7 @@ import uvloop
 from actors._host import ActorHost
 from actors._protocol import Packed, Ready
 
+from ._channel import FrameReader
 from ._codec import Codec
 
 
@@ -29,11 +31,25 @@ class WorkerMailbox:
 
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
         self._inbox, self._outbox = inbox, outbox
+        self._reader = FrameReader(inbox.fileno())
         self._codec = Codec()
         self._send_lock = threading.Lock()
 
-    def recv(self) -> object:
-        return pickle.loads(self._inbox.recv_bytes())
+    def fileno(self) -> int:
+        return self._inbox.fileno()
+
+    def recv_ready(self) -> list[object]:
+        frames = self._reader.read()
+        if frames is None:
+            raise EOFError("the supervisor closed the inbox")
+        return [pickle.loads(f) for f in frames]
+
+    def recv_wait(self) -> list[object]:
+        while True:
+            select.select([self._inbox.fileno()], [], [])
+            msgs = self.recv_ready()
+            if msgs:
+                return msgs
 
     def send(self, msg: object) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -78,7 +94,7 @@ def worker_main(inbox: Connection, outbox: Connection) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = ActorHost(mailbox, loop)
-    threading.Thread(target=host.read_forever, name="procflow-reader", daemon=True).start()
+    host.start()
     mailbox.send(Ready(os.getpid()))
     try:
         loop.run_forever()
