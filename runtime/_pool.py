@@ -1,10 +1,10 @@
-"""The worker pool: starting, watching, killing and replacing worker processes.
+"""The worker pool: starting, watching, killing, replacing and placing work on workers.
 
-    Pool.fill() --executor thread--> spawn_process() --> Process.start() (forkserver or spawn)
-        --loop--> _attach(): Channel on the worker's pipes + reader on Process.sentinel
+    Pool.fill() --executor thread--> Launcher.launch() (a process: see _process.py)
+        --loop--> Launcher.attach(): a WorkerLink whose messages and death come back as loop callbacks
     Ready message --> READY: the supervisor may place invocations on it
-    sentinel readable (the process is gone, however it died) --> _on_death(): reap, kill leftovers of its
-        process group, tell the supervisor (which fails or requeues its invocations), respawn
+    death (for processes: the sentinel is readable) --> _died(): reap, end its leftovers, tell the
+        supervisor (which fails or requeues its invocations), respawn
 
 Death is detected, never polled for: every worker's ``Process.sentinel`` is a reader on the loop. Kills are
 named, logged, escalating (SIGTERM to the worker's process group, ``kill_grace`` seconds, then SIGKILL to the
@@ -18,33 +18,21 @@ Everything here runs on the supervisor's loop thread, except ``spawn_process``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
-import os
 import signal
-import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
-import psutil
-
-from ._channel import Channel
-from ._worker import worker_main
+from ._process import Launcher, WorkerLink
 
 if TYPE_CHECKING:
     from ._run import Invocation
 
 log = logging.getLogger("procflow")
-
-PRELOAD = ["actors", "runtime._worker"]
-
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
@@ -58,95 +46,27 @@ class Worker:
     """One worker process as the supervisor sees it."""
 
     index: int
-    proc: BaseProcess
+    link: WorkerLink
     pid: int
-    channel: Channel | None = None
     state: WorkerState = WorkerState.STARTING
     sync_inv: Invocation | None = None
     async_invs: set[int] = field(default_factory=set)
     loaded: set[int] = field(default_factory=set)
     draining: bool = False
     kill_reason: str | None = None
-    descendants: list[psutil.Process] = field(default_factory=list)
-    exitcode: int | None = None
 
     def idle(self) -> bool:
         return self.sync_inv is None and not self.async_invs
 
+    def send(self, msg: object) -> None:
+        self.link.send(msg)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.link.exitcode
+
     def describe_exit(self) -> str:
-        code = self.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
-
-
-_main_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Start processes without re-importing the parent's ``__main__`` in them.
-
-    spawn and forkserver re-import the main script in the child so that ``__main__.X`` unpickles; we ship
-    definitions with cloudpickle instead, and re-importing a script without an ``if __name__ ==
-    "__main__"`` guard would run it again in every worker. Hiding ``__file__``/``__spec__`` for the moment of
-    the start makes multiprocessing's preparation data leave the main module out. The lock serialises starts;
-    other threads reading ``__main__.__file__`` in that instant would see it missing (accepted: a few ms).
-    """
-    main = sys.modules["__main__"]
-    with _main_lock:
-        saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__")
-                                 if k in main.__dict__}
-        main.__dict__.pop("__file__", None)
-        main.__dict__["__spec__"] = None
-        try:
-            yield
-        finally:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
-def make_context(start_method: str) -> BaseContext:
-    import multiprocessing
-
-    if start_method not in ("forkserver", "spawn"):
-        raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r} "
-                         "(fork is unsafe from a parent with threads and a running loop)")
-    ctx = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":
-        ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
-
-def spawn_process(mp_ctx: BaseContext, index: int) -> tuple[BaseProcess, Any, Any]:
-    """Start one worker; blocking (forkserver ~10 ms, spawn ~100 ms), so it runs in an executor thread."""
-    inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
-    outbox_r, outbox_w = mp_ctx.Pipe(duplex=False)
-    proc = mp_ctx.Process(target=worker_main, args=(inbox_r, outbox_w),  # type: ignore[attr-defined]
-                          name=f"procflow-worker-{index}", daemon=False)
-    try:
-        with _main_module_hidden():
-            proc.start()
-    finally:
-        inbox_r.close()
-        outbox_w.close()
-    return proc, inbox_w, outbox_r
-
-
-def signal_tree(pid: int, sig: int, descendants: list[psutil.Process]) -> None:
-    """Send ``sig`` to the worker's process group and to every descendant seen; gone is success."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.send_signal(sig)
+        return self.link.describe_exit()
 
 
 class RestartBudget:
@@ -169,11 +89,11 @@ class Pool:
     """The workers, on the supervisor loop. Calls back ``on_message(worker, msg)``, ``on_ready(worker)``,
     ``on_death(worker, expected)`` and ``on_broken(reason)``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, mp_ctx: BaseContext, size: int, *,
+    def __init__(self, loop: asyncio.AbstractEventLoop, launcher: Launcher, size: int, *,
                  kill_grace: float, budget: RestartBudget, async_capacity: int,
                  on_message: Callable[[Worker, object], None], on_ready: Callable[[Worker], None],
                  on_death: Callable[[Worker, bool], None], on_broken: Callable[[str], None]) -> None:
-        self.loop, self.mp_ctx, self.size = loop, mp_ctx, size
+        self.loop, self.launcher, self.size = loop, launcher, size
         self.kill_grace, self.budget, self.async_capacity = kill_grace, budget, async_capacity
         self._on_message, self._on_ready, self._on_death = on_message, on_ready, on_death
         self._on_broken = on_broken
@@ -187,22 +107,22 @@ class Pool:
         for index, worker in enumerate(self.workers):
             if worker is None and index not in self._spawning and self.respawn:
                 self._spawning.add(index)
-                fut = self.loop.run_in_executor(None, spawn_process, self.mp_ctx, index)
+                fut = self.loop.run_in_executor(None, self.launcher.launch, index)
                 fut.add_done_callback(functools.partial(self._attach, index))
 
-    def _attach(self, index: int, fut: asyncio.Future[tuple[BaseProcess, Any, Any]]) -> None:
+    def _attach(self, index: int, fut: asyncio.Future[Any]) -> None:
         self._spawning.discard(index)
         exc = fut.exception()
         if exc is not None:
             log.error("procflow: starting worker %d failed: %r", index, exc)
             self._crashed(f"starting a worker process failed: {exc!r}")
             return
-        proc, inbox, outbox = fut.result()
-        worker = Worker(index, proc, proc.pid or -1)
+        holder: list[Worker] = []
+        link = self.launcher.attach(self.loop, fut.result(), lambda m: self._dispatch(holder[0], m),
+                                    lambda: self._died(holder[0]))
+        worker = Worker(index, link, link.pid)
+        holder.append(worker)
         self.workers[index] = worker
-        worker.channel = Channel(self.loop, inbox, outbox, lambda m: self._dispatch(worker, m),
-                                 lambda: None)
-        self.loop.add_reader(proc.sentinel, self._died, worker)
         if self.closed:
             self.kill(worker, "the pool closed while the worker was starting")
 
@@ -224,17 +144,11 @@ class Pool:
         self._on_message(worker, msg)
 
     def _died(self, worker: Worker) -> None:
-        self.loop.remove_reader(worker.proc.sentinel)
-        worker.proc.join(timeout=1.0)
-        worker.exitcode = worker.proc.exitcode
+        if worker.state is WorkerState.DEAD:
+            return
+        worker.link.close()
         expected = worker.kill_reason is not None
-        # A dead worker's process group may still hold processes its steps started: they go with it.
-        signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
         worker.state = WorkerState.DEAD
-        if worker.channel is not None:
-            worker.channel.close()
-        with contextlib.suppress(ValueError):
-            worker.proc.close()
         if self.workers[worker.index] is worker:
             self.workers[worker.index] = None
         self._on_death(worker, expected)
@@ -252,19 +166,17 @@ class Pool:
         worker.kill_reason = reason
         worker.state = WorkerState.DYING
         log.info("procflow: killing worker %d (pid %d): %s", worker.index, worker.pid, reason)
-        with contextlib.suppress(psutil.Error):
-            worker.descendants = psutil.Process(worker.pid).children(recursive=True)
-        signal_tree(worker.pid, signal.SIGTERM, worker.descendants)
+        worker.link.signal(signal.SIGTERM)
         self.loop.call_later(self.kill_grace, self._escalate, worker)
 
     def _escalate(self, worker: Worker) -> None:
         if worker.state is not WorkerState.DEAD:
-            signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
+            worker.link.signal(signal.SIGKILL)
 
     def force_kill(self, worker: Worker) -> None:
         """SIGKILL now, whatever state the kill is in."""
         worker.kill_reason = worker.kill_reason or "forced"
-        signal_tree(worker.pid, signal.SIGKILL, worker.descendants)
+        worker.link.signal(signal.SIGKILL)
 
     def spawning(self) -> bool:
         return bool(self._spawning)

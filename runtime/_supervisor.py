@@ -41,7 +41,8 @@ from actors._protocol import (
 )
 
 from ._codec import Codec
-from ._pool import Pool, RestartBudget, Worker, make_context
+from ._pool import Pool, RestartBudget, Worker
+from ._process import Launcher, ProcessLauncher
 from ._run import (
     Invocation, RunState, RunStatus, StepInput, Waiter, collect, store_get, store_set,
 )
@@ -64,13 +65,15 @@ class SupervisorState(enum.Enum):
 
 class Supervisor:
     def __init__(self, *, workers: int, start_method: str, kill_grace: float, cancel_grace: float,
-                 max_restarts: int, restart_window: float, async_capacity: int) -> None:
+                 max_restarts: int, restart_window: float, async_capacity: int,
+                 launcher: Launcher | None = None) -> None:
         self.state = SupervisorState.NEW
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name="procflow-supervisor", daemon=True)
         self.codec = Codec()
         self.cancel_grace = cancel_grace
-        self.pool = Pool(self.loop, make_context(start_method), workers, kill_grace=kill_grace,
+        self.pool = Pool(self.loop, launcher or ProcessLauncher(start_method), workers,
+                         kill_grace=kill_grace,
                          budget=RestartBudget(max_restarts, restart_window),
                          async_capacity=async_capacity, on_message=self.on_message,
                          on_ready=lambda w: self.schedule(), on_death=self.on_death,
@@ -128,9 +131,9 @@ class Supervisor:
         """The workflow object under ``key`` was garbage-collected: workers may drop it."""
         self.definitions.pop(key, None)
         for w in self.pool.live():
-            if key in w.loaded and w.channel is not None:
+            if key in w.loaded:
                 w.loaded.discard(key)
-                w.channel.send(DropWorkflow(key))
+                w.send(DropWorkflow(key))
 
     def begin(self, run: RunState) -> None:
         if self.state is not SupervisorState.RUNNING:
@@ -240,8 +243,7 @@ class Supervisor:
             elif hard:
                 self.pool.kill(inv.worker, f"{why}: stopping its step '{inv.step}'")
         for worker, invs in to_cancel.items():
-            if worker.channel is not None:
-                worker.channel.send(CancelInvocations(tuple(invs)))
+            worker.send(CancelInvocations(tuple(invs)))
             self.loop.call_later(self.cancel_grace, self._cancel_overdue, worker, invs, why)
 
     def _cancel_overdue(self, worker: Worker, invs: list[int], why: str) -> None:
@@ -326,8 +328,7 @@ class Supervisor:
         self.pending.extendleft(reversed(skipped))
 
     def _dispatch(self, inv: Invocation, worker: Worker) -> None:
-        run, channel = inv.run, worker.channel
-        assert channel is not None
+        run, channel = inv.run, worker
         if run.wf_key not in worker.loaded:
             worker.loaded.add(run.wf_key)
             channel.send(LoadWorkflow(run.wf_key, self.definitions[run.wf_key]))
@@ -543,8 +544,7 @@ class Supervisor:
                 packed = self.codec.pack(value)
             except Exception as exc:
                 ok, packed = False, self.codec.pack(WorkflowRuntimeError(f"{msg.op}: {exc}"))
-            if worker.channel is not None:
-                worker.channel.send(Reply(msg.req, ok, packed))
+            worker.send(Reply(msg.req, ok, packed))
 
         inv = self.invocations.get(msg.inv)
         try:
