@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from actors import Event, RuntimeBrokenError, StartEvent, Workflow, WorkflowRuntimeError
 
 from ._adapter import Engine, RunAdapter
+from ._process import Launcher
 from ._run import RunState
 from ._snapshot import seed, to_dict
 from ._stream import EventStream
@@ -52,7 +53,8 @@ class ProcessRuntime(Engine):
 
     def __init__(self, workers: int | None = None, *, start_method: str = "forkserver",
                  kill_grace: float = 0.1, cancel_grace: float = 1.0, max_restarts: int | None = None,
-                 restart_window: float = 10.0, async_capacity: int = 64) -> None:
+                 restart_window: float = 10.0, async_capacity: int = 64,
+                 _launcher: Launcher | None = None) -> None:
         size = workers if workers is not None else (os.cpu_count() or 1)
         if size < 1:
             raise ValueError(f"ProcessRuntime(workers={workers!r}): need at least one worker")
@@ -60,7 +62,8 @@ class ProcessRuntime(Engine):
         self._sup = Supervisor(workers=size, start_method=start_method, kill_grace=kill_grace,
                                cancel_grace=cancel_grace,
                                max_restarts=max_restarts if max_restarts is not None else 5 * size,
-                               restart_window=restart_window, async_capacity=async_capacity)
+                               restart_window=restart_window, async_capacity=async_capacity,
+                               launcher=_launcher)
         self._state = RuntimeState.NEW
         # Re-entrant: a garbage collection inside _workflow_key may run a workflow's finalizer, _forget,
         # on this same thread.
