@@ -50,6 +50,7 @@ class ContextBackend(Protocol):
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]: ...
     def wait_for_event(self, wait: WaitRequest) -> Event: ...
     def snapshot(self) -> dict[str, Any]: ...
+    def previous_run(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +116,11 @@ class Store:
         state = await asyncio.wrap_future(backend.store_call("lock_state"))
         try:
             yield state
+            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
         except BaseException:
             await asyncio.shield(asyncio.wrap_future(backend.store_call("unlock_state", MISSING)))
             raise
-        await asyncio.wrap_future(backend.store_call("unlock_state", state))
+        await asyncio.wrap_future(saving)
 
     @contextlib.contextmanager
     def edit_state_sync(self) -> Iterator[Any]:
@@ -127,10 +129,11 @@ class Store:
         state = backend.store_call("lock_state").result()
         try:
             yield state
+            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
         except BaseException:
             backend.store_call("unlock_state", MISSING).result()
             raise
-        backend.store_call("unlock_state", state).result()
+        saving.result()
 
 
 class Context(Generic[StateT]):
@@ -215,6 +218,13 @@ class Context(Generic[StateT]):
         if self._backend is None:
             return dict(self._seed)
         return self._backend.snapshot()
+
+    def _carry(self) -> tuple[Any, dict[str, Any]]:
+        """What a run started with ``run(ctx=self)`` continues from: the engine's record of the run this
+        Context last followed (if it has one), else the snapshot given to ``from_dict``."""
+        if self._backend is None:
+            return None, self._seed
+        return self._backend.previous_run(), {}
 
     @classmethod
     def from_dict(cls, workflow: Workflow, data: dict[str, Any]) -> Context[Any]:

@@ -65,7 +65,7 @@ class ActorHost:
         try:
             msgs = self.mailbox.recv_ready()
         except EOFError:
-            os._exit(0)  # the parent is gone: nobody is left to report to
+            self.mailbox.orphaned()  # the parent is gone: nobody is left to report to
         self._backlog.extend(msgs)
         self._drain()
 
@@ -85,7 +85,7 @@ class ActorHost:
             try:
                 msgs = self.mailbox.recv_wait()
             except EOFError:
-                os._exit(0)
+                self.mailbox.orphaned()
             for msg in msgs:
                 if isinstance(msg, Reply):
                     self._resolve(msg)
@@ -295,6 +295,9 @@ class _WorkerBackend:
 
     def snapshot(self) -> dict[str, Any]:
         raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
+
+    def previous_run(self) -> Any:
+        raise WorkflowRuntimeError("a step's Context cannot start another run")
 
 
 

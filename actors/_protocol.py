@@ -201,6 +201,10 @@ class Mailbox(Protocol):
         """Send one message; thread-safe."""
         ...
 
+    def orphaned(self) -> None:
+        """The supervisor is gone: end this worker and whatever its steps started. Does not return."""
+        ...
+
     def pack(self, obj: Any) -> Packed:
         """Pickle ``obj``; raises ``PayloadError`` when it cannot be pickled."""
         ...

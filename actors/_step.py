@@ -89,9 +89,11 @@ def step(
     return decorate(func) if func is not None else decorate
 
 
-def read_step(name: str, fn: Callable[..., Any], config: StepConfig) -> StepSpec:
-    """Read a step's signature into a ``StepSpec``; a bad signature is a ``WorkflowValidationError``."""
-    hints = _type_hints(name, fn)
+def read_step(name: str, fn: Callable[..., Any], config: StepConfig,
+              localns: dict[str, Any] | None = None) -> StepSpec:
+    """Read a step's signature into a ``StepSpec``; a bad signature is a ``WorkflowValidationError``.
+    ``localns`` resolves string annotations naming classes local to the function that made the workflow."""
+    hints = _type_hints(name, fn, localns)
     params = list(inspect.signature(fn).parameters.values())
     if not config.free_function and params:
         params = params[1:]  # self
@@ -130,9 +132,9 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig) -> StepSpec
                     state_type)
 
 
-def _type_hints(name: str, fn: Callable[..., Any]) -> dict[str, Any]:
+def _type_hints(name: str, fn: Callable[..., Any], localns: dict[str, Any] | None) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, localns=localns)
     except Exception as exc:  # a NameError for a forward reference, most often
         raise WorkflowValidationError(
             f"step '{name}': cannot resolve its annotations ({exc}); classes named in a step's "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import sys
+import weakref
+
 from pydantic import BaseModel
 
 from ._errors import WorkflowRuntimeError, WorkflowValidationError
@@ -56,6 +59,15 @@ class Workflow:
 
     _free_steps: ClassVar[dict[str, Callable[..., Any]]] = {}
     _steps_version: ClassVar[int] = 0  # bumped by step(workflow=...): every cached spec is then stale
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The namespace the class statement ran in, for annotations naming classes local to a function
+        # (as pydantic keeps a model's parent namespace). Kept beside the class, not on it, so it is never
+        # shipped to workers with the class.
+        frame = sys._getframe(1)
+        if frame.f_code.co_name != "<module>":
+            _LOCALNS[cls] = dict(frame.f_locals)
 
     def __init__(
         self,
@@ -133,8 +145,14 @@ class Workflow:
         return f"<{self.workflow_name} timeout={self.timeout}>"
 
 
+_LOCALNS: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def _build_spec(cls: type[Workflow]) -> WorkflowSpec:
-    steps = {name: read_step(name, fn, getattr(fn, STEP_ATTR))
+    localns: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        localns.update(_LOCALNS.get(klass, {}))
+    steps = {name: read_step(name, fn, getattr(fn, STEP_ATTR), localns)
              for name, fn in cls._all_step_functions().items()}
     return WorkflowSpec(cls.__qualname__, steps)
 

@@ -72,6 +72,9 @@ class _CallerBackend:
     def snapshot(self) -> dict[str, Any]:
         return self.adapter.snapshot()
 
+    def previous_run(self) -> Any:
+        return self.adapter.previous_run()
+
 
 class WorkflowHandler(Awaitable[Any]):
     """A running workflow: await it, stream it, send it events, cancel it; or block on it from sync code.
@@ -197,7 +200,8 @@ class WorkflowHandler(Awaitable[Any]):
 
     # --- the blocking API (concurrent.futures.Future's names) ---------------------------------------------
     def _check_thread(self, what: str) -> None:
-        if self._on_engine_thread():
+        # A finished run never blocks, so done callbacks (run on the runtime's thread) may call result().
+        if self._on_engine_thread() and not self._adapter.result.done():
             raise RuntimeError(f"handler.{what}() would block the runtime's own thread (a deadlock); "
                                "use the async API there")
 

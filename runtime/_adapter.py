@@ -56,6 +56,11 @@ class RunAdapter(ABC):
         """Read or write the run's store ("get", "set"); after the run, reads its final contents."""
 
     @abstractmethod
+    def previous_run(self) -> Any:
+        """The engine's record of this ended run, for a new run to continue from (``run(ctx=...)``);
+        raises while the run is going."""
+
+    @abstractmethod
     def snapshot(self) -> dict[str, Any]:
         """``Context.to_dict()`` of the ended run: a JSON-serializable dict."""
 

@@ -19,6 +19,7 @@ import types
 from typing import Any
 
 import cloudpickle
+from pydantic import BaseModel
 
 from actors import PayloadError
 from actors._protocol import Packed
@@ -26,6 +27,21 @@ from actors._protocol import Packed
 
 class _ByValue(Exception):
     """Raised inside the fast pickler when an object must be pickled by value."""
+
+
+def _forget_parent_namespace(obj: Any) -> None:
+    """A pydantic model class made inside a function keeps that function's locals (its parent namespace)
+    for resolving forward references later; cloudpickle would ship them all, and one unpicklable local (a
+    lock, a client) makes the class unshippable (pydantic#8232). A *complete* model never needs them."""
+    if (isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__pydantic_complete__
+            and obj.__dict__.get("__pydantic_parent_namespace__") is not None):
+        obj.__pydantic_parent_namespace__ = None
+
+
+class _DefinitionPickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        _forget_parent_namespace(obj)
+        return super().reducer_override(obj)
 
 
 def _needs_value(obj: Any) -> bool:
@@ -52,7 +68,7 @@ class Codec:
                         raise _ByValue
                 return None
 
-        class ValuePickler(cloudpickle.Pickler):
+        class ValuePickler(_DefinitionPickler):
             def persistent_id(self, obj: Any) -> Any:
                 if isinstance(obj, type):
                     return codec._key_of.get(obj)
@@ -122,8 +138,10 @@ class Codec:
     def pack_definition(self, workflow: Any, event_types: set[type]) -> Packed:
         """Cloudpickle a workflow instance with the key table of its event classes."""
         table = {self.key_for(t): t for t in event_types}
+        buf = io.BytesIO()
         try:
-            return Packed(type(workflow).__qualname__, cloudpickle.dumps((workflow, table)))
+            _DefinitionPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((workflow, table))
+            return Packed(type(workflow).__qualname__, buf.getvalue())
         except Exception as exc:
             raise PayloadError(
                 f"workflow {type(workflow).__qualname__} cannot be shipped to worker processes: "

@@ -77,6 +77,7 @@ class Invocation:
     finished: bool = False
     lineage: int = 0
     resumed: Resumed = ()
+    crashes: int = 0  # crashed workers it was on along with other invocations (see on_death)
 
     @property
     def root(self) -> int:
@@ -96,6 +97,7 @@ class Waiter:
     requirements: dict[str, Any]
     timeout: float | None = None
     timer: asyncio.TimerHandle | None = None
+    waiter_event: Packed | None = None
 
     def matches(self, event: Event) -> bool:
         return type(event) is self.event_type and all(

@@ -22,7 +22,7 @@ from actors import Event, RuntimeBrokenError, StartEvent, Workflow, WorkflowRunt
 from ._adapter import Engine, RunAdapter
 from ._process import Launcher
 from ._run import RunState
-from ._snapshot import seed, to_dict
+from ._snapshot import carry, seed, to_dict
 from ._stream import EventStream
 from ._supervisor import Supervisor, SupervisorState
 
@@ -151,7 +151,11 @@ class ProcessRuntime(Engine):
                        store=wspec.state_type() if wspec.state_type else {})
         adapter._run = run
         if ctx is not None:
-            seed(run, ctx.to_dict(), self._sup.codec)
+            previous, data = ctx._carry()
+            if isinstance(previous, RunState):
+                carry(run, previous)
+            else:
+                seed(run, data, self._sup.codec)
         self._sup.call(self._sup.begin, run)
         return adapter
 
@@ -213,6 +217,13 @@ class ProcessRunAdapter(RunAdapter):
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._sup.call(self._sup.caller_state_op, self._run, op, args, fut)
         return fut
+
+    def previous_run(self) -> RunState:
+        run = self._final_run
+        if run is None:
+            raise WorkflowRuntimeError(
+                f"run {self.run_id} is still going: a Context can start a new run once its run has ended")
+        return run
 
     def snapshot(self) -> dict[str, Any]:
         run = self._final_run

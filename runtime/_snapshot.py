@@ -8,6 +8,8 @@ from ``__main__`` or a notebook resolve too.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 from typing import Any
 
@@ -21,7 +23,7 @@ from actors import (
 from actors._protocol import Packed
 
 from ._codec import Codec
-from ._run import RunState, StepInput, Waiter
+from ._run import RunState, RunStatus, StepInput, Waiter
 
 _BUILTIN = (Event, StartEvent, StopEvent, InputRequiredEvent, HumanResponseEvent)
 VERSION = 1
@@ -68,6 +70,7 @@ def to_dict(run: RunState, codec: Codec) -> dict[str, Any]:
         "step": w.step, "waiter_id": w.waiter_id, "lineage": w.lineage,
         "event_type": _type_name(w.event_type), "requirements": to_jsonable_python(w.requirements),
         "timeout": w.timeout, "input": ev(w.event),
+        "waiter_event": None if w.waiter_event is None else ev(w.waiter_event),
         "resumed": [[wid, ev(answer)] for wid, answer in w.resumed],
     } for ws in run.waiters.values() for w in ws.values()]
     leftovers = []
@@ -90,6 +93,7 @@ def seed(run: RunState, data: dict[str, Any], codec: Codec) -> None:
     if not data:
         return
     types = _Types(run.wspec.event_types())
+    resume = data.get("status") == RunStatus.CANCELLED.value  # else: a new run that keeps the state
 
     def event(obj: dict[str, Any]) -> Any:
         if "error" in obj:
@@ -107,12 +111,15 @@ def seed(run: RunState, data: dict[str, Any], codec: Codec) -> None:
         run.store = state_type.model_validate(data["state"]) if state_type else dict(data["state"])
     except Exception as exc:
         raise WorkflowRuntimeError(f"the snapshot's state does not fit {run.wspec.name}: {exc}") from exc
+    if not resume:
+        return
     for key, events in data.get("buffers", {}).items():
         run.buffers[key] = [event(e) for e in events]
     for w in data.get("waiters", []):
         waiter = Waiter(w["step"], packed(w["input"]), w["lineage"],
                         tuple((wid, packed(a)) for wid, a in w["resumed"]), w["waiter_id"],
-                        types.resolve(w["event_type"]), w["requirements"], w.get("timeout"))
+                        types.resolve(w["event_type"]), w["requirements"], w.get("timeout"),
+                        waiter_event=packed(w["waiter_event"]) if w.get("waiter_event") else None)
         run.waiters.setdefault(waiter.event_type, {})[(waiter.lineage, waiter.waiter_id)] = waiter
     for item in data.get("leftovers", []):
         if item["kind"] == "invoke":
@@ -124,3 +131,16 @@ def seed(run: RunState, data: dict[str, Any], codec: Codec) -> None:
     for name in {w.step for ws in run.waiters.values() for w in ws.values()}:
         if name not in run.wspec.steps:
             raise WorkflowRuntimeError(f"the snapshot waits in step '{name}', which {run.wspec.name} lacks")
+
+
+def carry(run: RunState, previous: RunState) -> None:
+    """Like ``seed``, from an ended run of this process, without the JSON round trip: the state keeps its
+    Python types (a reused ``Context``)."""
+    run.store = copy.deepcopy(previous.store)
+    if previous.status is not RunStatus.CANCELLED:
+        return
+    for key, events in previous.buffers.items():
+        run.buffers[key] = list(events)
+    for event_type, waiters in previous.waiters.items():
+        run.waiters[event_type] = {k: dataclasses.replace(w, timer=None) for k, w in waiters.items()}
+    run.leftovers = list(previous.leftovers)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import uvloop
 
 from actors import (
-    Event, RemoteTraceback, RuntimeBrokenError, StepStateChanged, StopEvent, WorkerCrashedError,
+    Event, PayloadError, RemoteTraceback, RuntimeBrokenError, StepStateChanged, StopEvent, WorkerCrashedError,
     WorkflowCancelledByUser, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowRuntimeError,
     WorkflowTimedOutEvent, WorkflowTimeoutError,
 )
@@ -170,6 +170,9 @@ class Supervisor:
             for w in waiters.values():
                 if w.timeout is not None:
                     w.timer = self.loop.call_later(w.timeout, self._wait_timed_out, run, w)
+                if w.waiter_event is not None:  # ask again: this run's stream has a new reader
+                    run.waiter_events_written.add((w.lineage, w.waiter_id))
+                    run.adapter.events.put(self.codec.unpack(w.waiter_event))
         for kind, step, item in leftovers:
             if kind == "invoke":
                 self._enqueue(run, step, item)  # type: ignore[arg-type]
@@ -215,13 +218,15 @@ class Supervisor:
         adapter = run.adapter
         adapter.stop_event = stop
         adapter._final_run = run  # type: ignore[attr-defined]
-        if stop is not None:
-            adapter.events.put(stop)
-        adapter.events.close()
+        # The result first: a reader that has just taken the StopEvent off the stream must find the
+        # handler done.
         if exc is None:
             adapter.result.set_result(stop)  # type: ignore[arg-type]
         else:
             adapter.result.set_exception(exc)
+        if stop is not None:
+            adapter.events.put(stop)
+        adapter.events.close()
 
     def _release_slot(self, wf_key: int) -> None:
         self.wf_running[wf_key] -= 1
@@ -292,7 +297,7 @@ class Supervisor:
         self.schedule()
 
     def _enqueue(self, run: RunState, step: str, item: StepInput, attempt: int = 1,
-                 first_try: float | None = None) -> None:
+                 first_try: float | None = None, crashes: int = 0) -> None:
         spec = run.wspec.steps[step]
         if run.active[step] >= spec.num_workers:
             run.queued[step].append(item)
@@ -303,6 +308,7 @@ class Supervisor:
                          lineage=item.lineage, resumed=item.resumed)
         if first_try is not None:
             inv.first_try = first_try
+        inv.crashes = crashes
         run.invs[inv.inv] = inv
         self.invocations[inv.inv] = inv
         self.pending.append(inv)
@@ -403,7 +409,7 @@ class Supervisor:
         try:
             return self.codec.unpack(packed)
         except Exception as exc:
-            self.fail(run, WorkflowRuntimeError(
+            self.fail(run, PayloadError(
                 f"step '{step}' {what} {packed.type_name}, which the parent cannot unpickle: {exc}"), step)
             return None
 
@@ -486,6 +492,7 @@ class Supervisor:
             return
         if inv.run.status is RunStatus.CANCELLING:  # it did not run to the end: run it again on resume
             inv.run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+            self._internal(inv.run, inv, "cancelled")
         self._release(inv)
 
     def _on_suspended(self, worker: Worker, msg: Suspended) -> None:
@@ -504,7 +511,7 @@ class Supervisor:
     def _register_waiter(self, run: RunState, inv: Invocation, msg: Suspended) -> None:
         event_type = self.codec.unpack(msg.event_type)
         w = Waiter(inv.step, inv.event, inv.root, inv.resumed, msg.waiter_id, event_type,
-                   self.codec.unpack(msg.requirements), msg.timeout)
+                   self.codec.unpack(msg.requirements), msg.timeout, waiter_event=msg.waiter_event)
         run.waiters.setdefault(event_type, {})[(w.lineage, w.waiter_id)] = w
         if not run.status.accepts_work:
             return
@@ -552,7 +559,11 @@ class Supervisor:
                 raise WorkflowRuntimeError("the run has ended")
             args = self.codec.unpack(msg.args)
             if msg.op == "lock_state":
-                self._lock_state(inv.run, inv.inv, lambda state: reply(True, state))
+                def grant(state: Any) -> bool:
+                    reply(True, state)
+                    return True
+
+                self._lock_state(inv.run, inv.inv, grant)
                 return
             value = self.state_op(inv.run, msg.op, args, inv.inv)
         except Exception as exc:
@@ -591,13 +602,12 @@ class Supervisor:
                 f"the state of {run.wspec.name} is a {expected.__name__}, not {type(state).__name__}")
         run.store = state
 
-    def _lock_state(self, run: RunState, holder: object, grant: Callable[[Any], None]) -> None:
-        """Grant the run's state lock to ``holder`` now or when it is free (FIFO)."""
+    def _lock_state(self, run: RunState, holder: object, grant: Callable[[Any], bool]) -> None:
+        """Grant the run's state lock to ``holder`` now or when it is free (FIFO). ``grant`` returns
+        False when its asker is gone (a caller that stopped waiting): the lock goes to the next."""
+        run.state_queue.append((holder, grant))
         if run.state_holder is None:
-            run.state_holder = holder
-            grant(run.store)
-        else:
-            run.state_queue.append((holder, grant))
+            self._unlock_state(run)
 
     def _unlock_state(self, run: RunState) -> None:
         run.state_holder = None
@@ -606,8 +616,9 @@ class Supervisor:
             if isinstance(holder, int) and holder not in self.invocations:
                 continue  # that invocation ended while it waited for the lock
             run.state_holder = holder
-            grant(run.store)
-            return
+            if grant(run.store):
+                return
+        run.state_holder = None
 
     # --- deaths ----------------------------------------------------------------------------------------
     def on_death(self, worker: Worker, expected: bool) -> None:
@@ -617,6 +628,13 @@ class Supervisor:
             self._release(inv)
             run = inv.run
             if not run.status.accepts_work:
+                continue
+            if not expected and len(invs) > 1 and inv.crashes == 0:
+                # Several async steps shared the worker and any one of them may have crashed it: each is
+                # run again once elsewhere; one that is on a crashed worker a second time is the culprit.
+                inv.crashes += 1
+                self._enqueue(run, inv.step, StepInput(inv.event, inv.lineage, inv.resumed),
+                              inv.attempt, inv.first_try, crashes=inv.crashes)
                 continue
             if expected:
                 # Killed for another run's sake (its async step ignored cancellation): not this run's fault,
@@ -628,6 +646,7 @@ class Supervisor:
                 f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
                 f"on {inv.event.type_name} died: {worker.describe_exit()}",
                 step=inv.step, pid=worker.pid, exitcode=worker.exitcode)
+            self._internal(run, inv, "failed")
             self._retry_or_fail(inv, err)
         self.schedule()
 
@@ -664,7 +683,13 @@ class Supervisor:
         # Copies both ways: the caller's threads must never share mutable objects with run state.
         try:
             if op == "lock_state":
-                self._lock_state(run, "caller", lambda state: fut.set_result(copy.deepcopy(state)))
+                def grant(state: Any) -> bool:
+                    if not fut.set_running_or_notify_cancel():
+                        return False  # the caller stopped waiting (its await was cancelled)
+                    fut.set_result(copy.deepcopy(state))
+                    return True
+
+                self._lock_state(run, "caller", grant)
                 return
             fut.set_result(copy.deepcopy(self.state_op(run, op, copy.deepcopy(args), "caller")))
         except Exception as exc:

@@ -8,6 +8,7 @@ parent's sentinel, and the inbox reports EOF.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -58,6 +59,9 @@ class WorkerMailbox:
         with self._send_lock:
             self._outbox.send_bytes(data)
 
+    def orphaned(self) -> None:
+        die_with_group()
+
     def pack(self, obj: Any) -> Packed:
         return self._codec.pack(obj)
 
@@ -66,6 +70,14 @@ class WorkerMailbox:
 
     def load_definition(self, packed: Packed) -> Any:
         return self._codec.load_definition(packed)
+
+
+def die_with_group() -> None:
+    """Exit now, taking down the processes this worker's steps started (they share its process group)."""
+    with contextlib.suppress(OSError):
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)  # includes this process
+    os._exit(0)
 
 
 def _exit_with_parent() -> None:
@@ -77,7 +89,7 @@ def _exit_with_parent() -> None:
         from multiprocessing.connection import wait
 
         wait([parent.sentinel])
-        os._exit(0)
+        die_with_group()
 
     threading.Thread(target=watch, name="procflow-parent-watch", daemon=True).start()
 
