@@ -9,7 +9,7 @@ import enum
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
 
@@ -132,6 +132,60 @@ class RunState:
             raise RuntimeError(f"run {self.run_id} already ended ({self.status.value}); cannot become "
                                f"{to.value}")
         self.status = to
+
+    # --- the state: requests from steps (``holder`` is the invocation id) or the caller ("caller") ---------
+    def state_op(self, op: str, args: tuple[Any, ...], holder: object) -> Any:
+        if op == "get":
+            return store_get(self.store, *args)
+        if op == "set":
+            store_set(self.store, *args)
+            return None
+        if op == "collect":
+            buffer_id, event, expected = args
+            return collect(self.buffers[buffer_id], event, expected)
+        if op == "get_state":
+            return self.store
+        if op == "set_state":
+            self._set_state(args[0])
+            return None
+        if op == "unlock_state":
+            if self.state_holder != holder:
+                raise WorkflowRuntimeError("edit_state(): the state lock is not held")
+            if args[0] is not MISSING:
+                self._set_state(args[0])
+            self._unlock_state()
+            return None
+        raise WorkflowRuntimeError(f"unknown state operation {op!r}")
+
+    def _set_state(self, state: Any) -> None:
+        expected = self.wspec.state_type or dict
+        if not isinstance(state, expected):
+            raise WorkflowRuntimeError(
+                f"the state of {self.wspec.name} is a {expected.__name__}, not {type(state).__name__}")
+        self.store = state
+
+    def lock_state(self, holder: object, grant: Callable[[Any], bool]) -> None:
+        """Grant the run's state lock to ``holder`` now or when it is free (FIFO). ``grant`` returns
+        False when its asker is gone (a caller that stopped waiting): the lock goes to the next."""
+        self.state_queue.append((holder, grant))
+        if self.state_holder is None:
+            self._unlock_state()
+
+    def drop_state_holder(self, holder: object) -> None:
+        """``holder`` (an invocation) ended: free the lock it held (its edit is dropped), stop waiting."""
+        if self.state_queue:
+            self.state_queue = deque(e for e in self.state_queue if e[0] != holder)
+        if self.state_holder == holder:
+            self._unlock_state()
+
+    def _unlock_state(self) -> None:
+        self.state_holder = None
+        while self.state_queue:
+            holder, grant = self.state_queue.popleft()
+            self.state_holder = holder
+            if grant(self.store):
+                return
+        self.state_holder = None
 
 
 def store_get(store: dict[str, Any], key: str, default: Any = MISSING) -> Any:

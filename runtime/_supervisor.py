@@ -33,7 +33,6 @@ from actors import (
     WorkflowCancelledByUser, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowRuntimeError,
     WorkflowTimedOutEvent, WorkflowTimeoutError,
 )
-from actors._context import MISSING
 from actors._events import StepQueueChanged
 from actors._protocol import (
     CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Packed, Publish,
@@ -43,9 +42,7 @@ from actors._protocol import (
 from ._codec import Codec
 from ._pool import Pool, RestartBudget, Worker
 from ._process import Launcher, ProcessLauncher
-from ._run import (
-    Invocation, RunState, RunStatus, StepInput, Waiter, collect, store_get, store_set,
-)
+from ._run import Invocation, RunState, RunStatus, StepInput, Waiter
 
 if TYPE_CHECKING:
     from ._adapter import RunAdapter
@@ -371,8 +368,7 @@ class Supervisor:
         self.invocations.pop(inv.inv, None)
         run.invs.pop(inv.inv, None)
         run.active[inv.step] -= 1
-        if run.state_holder == inv.inv:  # it ended inside edit_state(): its edit is dropped
-            self._unlock_state(run)
+        run.drop_state_holder(inv.inv)
         queue = run.queued.get(inv.step)
         if queue and run.status.accepts_work:
             self._enqueue(run, inv.step, queue.popleft())
@@ -563,62 +559,13 @@ class Supervisor:
                     reply(True, state)
                     return True
 
-                self._lock_state(inv.run, inv.inv, grant)
+                inv.run.lock_state(inv.inv, grant)
                 return
-            value = self.state_op(inv.run, msg.op, args, inv.inv)
+            value = inv.run.state_op(msg.op, args, inv.inv)
         except Exception as exc:
             reply(False, exc)
             return
         reply(True, value)
-
-    def state_op(self, run: RunState, op: str, args: tuple[Any, ...], holder: object) -> Any:
-        """A request on a run's state, from a step (``holder`` is its invocation) or the caller."""
-        if op == "get":
-            return store_get(run.store, *args)
-        if op == "set":
-            store_set(run.store, *args)
-            return None
-        if op == "collect":
-            buffer_id, event, expected = args
-            return collect(run.buffers[buffer_id], event, expected)
-        if op == "get_state":
-            return run.store
-        if op == "set_state":
-            self._set_state(run, args[0])
-            return None
-        if op == "unlock_state":
-            if run.state_holder != holder:
-                raise WorkflowRuntimeError("edit_state(): the state lock is not held")
-            if args[0] is not MISSING:
-                self._set_state(run, args[0])
-            self._unlock_state(run)
-            return None
-        raise WorkflowRuntimeError(f"unknown state operation {op!r}")
-
-    def _set_state(self, run: RunState, state: Any) -> None:
-        expected = run.wspec.state_type or dict
-        if not isinstance(state, expected):
-            raise WorkflowRuntimeError(
-                f"the state of {run.wspec.name} is a {expected.__name__}, not {type(state).__name__}")
-        run.store = state
-
-    def _lock_state(self, run: RunState, holder: object, grant: Callable[[Any], bool]) -> None:
-        """Grant the run's state lock to ``holder`` now or when it is free (FIFO). ``grant`` returns
-        False when its asker is gone (a caller that stopped waiting): the lock goes to the next."""
-        run.state_queue.append((holder, grant))
-        if run.state_holder is None:
-            self._unlock_state(run)
-
-    def _unlock_state(self, run: RunState) -> None:
-        run.state_holder = None
-        while run.state_queue:
-            holder, grant = run.state_queue.popleft()
-            if isinstance(holder, int) and holder not in self.invocations:
-                continue  # that invocation ended while it waited for the lock
-            run.state_holder = holder
-            if grant(run.store):
-                return
-        run.state_holder = None
 
     # --- deaths ----------------------------------------------------------------------------------------
     def on_death(self, worker: Worker, expected: bool) -> None:
@@ -689,9 +636,9 @@ class Supervisor:
                     fut.set_result(copy.deepcopy(state))
                     return True
 
-                self._lock_state(run, "caller", grant)
+                run.lock_state("caller", grant)
                 return
-            fut.set_result(copy.deepcopy(self.state_op(run, op, copy.deepcopy(args), "caller")))
+            fut.set_result(copy.deepcopy(run.state_op(op, copy.deepcopy(args), "caller")))
         except Exception as exc:
             fut.set_exception(exc)
 
