@@ -422,9 +422,11 @@ class Supervisor:
         inv = self.invocations.get(msg.inv)
         if inv is None:
             return
-        if inv.run.status is RunStatus.CANCELLING and msg.result is not None:
+        if inv.run.status is RunStatus.CANCELLING:
             # A step finishing during a graceful cancel: keep its output for a resumed run.
-            inv.run.leftovers.append(("route", None, msg.result))
+            self._internal(inv.run, inv, "done")
+            if msg.result is not None:
+                inv.run.leftovers.append(("route", None, msg.result))
         self._release(inv)
         run = inv.run
         if not run.status.accepts_work:
