@@ -134,8 +134,7 @@ class ActorHost:
                     task.cancel()
         elif isinstance(msg, LoadWorkflow):
             try:
-                workflow = self.mailbox.load_definition(msg.definition)
-                self.workflows[msg.key] = (workflow, type(workflow)._spec())
+                self.workflows[msg.key] = self.mailbox.load_definition(msg.definition)
             except Exception as exc:  # reported by every invocation of this workflow
                 self.load_errors[msg.key] = exc
         elif isinstance(msg, DropWorkflow):

@@ -214,5 +214,5 @@ class Mailbox(Protocol):
         ...
 
     def load_definition(self, packed: Packed) -> Any:
-        """Unpickle a ``LoadWorkflow`` definition and register its event classes."""
+        """Unpickle a ``LoadWorkflow`` definition, ``(workflow, spec)``, and register its event classes."""
         ...

@@ -1,4 +1,7 @@
-"""The process pool, the per-worker channels and wire protocol, the supervisor loop, run state, adapters."""
+"""The process pool, the per-worker channels and wire protocol, the supervisor loop, run state, adapters.
+
+``RayRuntime`` (the ``ray`` extra) is resolved on first access, so ``import runtime`` never imports ray.
+"""
 
 from ._adapter import Engine, RunAdapter
 from ._runtime import ProcessRunAdapter, ProcessRuntime, get_default_runtime, shutdown_default_runtime
@@ -14,3 +17,11 @@ __all__ = [
     "get_default_runtime",
     "shutdown_default_runtime",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "RayRuntime":
+        from ._ray import RayRuntime
+
+        return RayRuntime
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -135,12 +135,13 @@ class Codec:
                                f"{type(exc).__name__}: {exc}") from exc
 
     # --- workflow definitions ------------------------------------------------------------------------
-    def pack_definition(self, workflow: Any, event_types: set[type]) -> Packed:
-        """Cloudpickle a workflow instance with the key table of its event classes."""
+    def pack_definition(self, workflow: Any, spec: Any, event_types: set[type]) -> Packed:
+        """Cloudpickle a workflow instance with its spec (read here, where the annotations resolve: a worker
+        may lack the names they mention) and the key table of its event classes."""
         table = {self.key_for(t): t for t in event_types}
         buf = io.BytesIO()
         try:
-            _DefinitionPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((workflow, table))
+            _DefinitionPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((workflow, spec, table))
             return Packed(type(workflow).__qualname__, buf.getvalue())
         except Exception as exc:
             raise PayloadError(
@@ -148,8 +149,9 @@ class Codec:
                 f"{type(exc).__name__}: {exc}. Keep unpicklable resources (clients, locks) out of the "
                 "workflow's attributes, or create them inside the steps") from exc
 
-    def load_definition(self, packed: Packed) -> Any:
-        workflow, table = cloudpickle.loads(packed.data)
+    def load_definition(self, packed: Packed) -> tuple[Any, Any]:
+        """``(workflow, spec)`` from ``pack_definition``; registers the event class keys."""
+        workflow, spec, table = cloudpickle.loads(packed.data)
         for key, cls in table.items():
             self.register(key, cls)
-        return workflow
+        return workflow, spec

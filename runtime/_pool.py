@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from actors._protocol import Ready
+
 from ._process import Launcher, WorkerLink
 
 if TYPE_CHECKING:
@@ -114,6 +116,8 @@ class Pool:
         self._spawning.discard(index)
         exc = fut.exception()
         if exc is not None:
+            if self.closed:
+                return  # a start interrupted by shutdown
             log.error("procflow: starting worker %d failed: %r", index, exc)
             self._crashed(f"starting a worker process failed: {exc!r}")
             return
@@ -140,8 +144,9 @@ class Pool:
         if worker.state is WorkerState.STARTING:
             worker.state = WorkerState.READY
             self._on_ready(worker)
-            return
-        self._on_message(worker, msg)
+        elif worker.state is WorkerState.READY or not isinstance(msg, Ready):
+            self._on_message(worker, msg)
+        # else: the Ready of a worker killed while it started (the pool closed): nothing to do
 
     def _died(self, worker: Worker) -> None:
         if worker.state is WorkerState.DEAD:

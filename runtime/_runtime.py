@@ -166,7 +166,8 @@ class ProcessRuntime(Engine):
             if key is not None:
                 return key
             key = next(self._keys)
-            definition = self._sup.codec.pack_definition(workflow, event_types | {StartEvent})
+            definition = self._sup.codec.pack_definition(workflow, type(workflow)._spec(),
+                                                         event_types | {StartEvent})
             self._workflow_keys[id(workflow)] = key
         weakref.finalize(workflow, self._forget, id(workflow), key)
         self._sup.call(self._sup.install, key, definition)

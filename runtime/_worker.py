@@ -21,20 +21,36 @@ from typing import Any
 import uvloop
 
 from actors._host import ActorHost
-from actors._protocol import Packed, Ready
+from actors._protocol import Packed, Ready, Request
 
-from ._channel import FrameReader
+from ._channel import FrameReader, frame
 from ._codec import Codec
 
 
 class WorkerMailbox:
-    """The worker's ends of its inbox and outbox (blocking ``Connection``s) plus its codec."""
+    """The worker's ends of its inbox and outbox plus its codec.
+
+    Messages sent on the loop thread are framed into a buffer written once at the end of the loop
+    iteration (or when it passes 64 KiB), like the supervisor's side: a step streaming many events, or many
+    steps finishing together, cost one write. A ``Request`` is written at once (its sender waits for the
+    reply), after what is buffered. The step thread writes directly: its messages have no order to keep
+    with the loop thread's except its ``Done``, which the loop thread sends after the step returned.
+    """
 
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
         self._inbox, self._outbox = inbox, outbox
+        self._out_fd = outbox.fileno()
         self._reader = FrameReader(inbox.fileno())
         self._codec = Codec()
         self._send_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._buffer = bytearray()
+        self._flush_pending = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Buffer the loop thread's sends on ``loop`` (called on that thread)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
 
     def fileno(self) -> int:
         return self._inbox.fileno()
@@ -53,11 +69,31 @@ class WorkerMailbox:
                 return msgs
 
     def send(self, msg: object) -> None:
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        # One lock for the whole frame: the loop thread and the step thread both write here, and
+        data = frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._loop is None or threading.get_ident() != self._loop_thread:
+            self._write(data)
+            return
+        self._buffer += data
+        if isinstance(msg, Request) or len(self._buffer) > 1 << 16:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what the loop thread buffered (loop thread only)."""
+        self._flush_pending = False
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # One lock for whole frames: the loop thread and the step thread both write here, and
         # interleaved halves of two frames would corrupt the outbox.
         with self._send_lock:
-            self._outbox.send_bytes(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._out_fd, view):]
 
     def orphaned(self) -> None:
         die_with_group()
@@ -106,6 +142,7 @@ def worker_main(inbox: Connection, outbox: Connection) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = ActorHost(mailbox, loop)
+    mailbox.bind(loop)
     host.start()
     mailbox.send(Ready(os.getpid()))
     try:
