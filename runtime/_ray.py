@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -55,10 +54,10 @@ import uvloop
 from actors._host import ActorHost
 from actors._protocol import Packed, Ready
 
-from ._channel import FrameReader, frame
-from ._codec import Codec
+from ._channel import frame
 from ._process import Launcher, WorkerLink
 from ._runtime import ProcessRuntime, RuntimeState
+from ._worker import PipeInbox
 
 log = logging.getLogger("procflow")
 
@@ -88,30 +87,12 @@ class Outbox:
             return items
 
 
-class RayMailbox:
+class RayMailbox(PipeInbox):
     """The ``Mailbox`` of an actor host inside a Ray actor: a pipe inbox, an ``Outbox``, a codec."""
 
     def __init__(self, inbox_fd: int, outbox: Outbox) -> None:
-        self._fd = inbox_fd
-        self._reader = FrameReader(inbox_fd)
+        super().__init__(inbox_fd)
         self._outbox = outbox
-        self._codec = Codec()
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def recv_ready(self) -> list[object]:
-        frames = self._reader.read()
-        if frames is None:
-            raise EOFError("the inbox was closed")
-        return [pickle.loads(f) for f in frames]
-
-    def recv_wait(self) -> list[object]:
-        while True:
-            select.select([self._fd], [], [])
-            msgs = self.recv_ready()
-            if msgs:
-                return msgs
 
     def send(self, msg: object) -> None:
         self._outbox.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
@@ -123,15 +104,6 @@ class RayMailbox:
             with contextlib.suppress(psutil.Error):
                 child.kill()
         os._exit(0)
-
-    def pack(self, obj: Any) -> Packed:
-        return self._codec.pack(obj)
-
-    def unpack(self, packed: Packed) -> Any:
-        return self._codec.unpack(packed)
-
-    def load_definition(self, packed: Packed) -> Any:
-        return self._codec.load_definition(packed)
 
 
 class RayWorker:

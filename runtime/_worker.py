@@ -27,7 +27,42 @@ from ._channel import FrameReader, frame
 from ._codec import Codec
 
 
-class WorkerMailbox:
+class PipeInbox:
+    """The reading half of a ``Mailbox`` (an inbox pipe, framed pickles) and its codec; shared by the
+    process worker and the Ray worker."""
+
+    def __init__(self, inbox_fd: int) -> None:
+        self._in_fd = inbox_fd
+        self._reader = FrameReader(inbox_fd)
+        self._codec = Codec()
+
+    def fileno(self) -> int:
+        return self._in_fd
+
+    def recv_ready(self) -> list[object]:
+        frames = self._reader.read()
+        if frames is None:
+            raise EOFError("the inbox was closed: the supervisor is gone")
+        return [pickle.loads(f) for f in frames]
+
+    def recv_wait(self) -> list[object]:
+        while True:
+            select.select([self._in_fd], [], [])
+            msgs = self.recv_ready()
+            if msgs:
+                return msgs
+
+    def pack(self, obj: Any) -> Packed:
+        return self._codec.pack(obj)
+
+    def unpack(self, packed: Packed) -> Any:
+        return self._codec.unpack(packed)
+
+    def load_definition(self, packed: Packed) -> Any:
+        return self._codec.load_definition(packed)
+
+
+class WorkerMailbox(PipeInbox):
     """The worker's ends of its inbox and outbox plus its codec.
 
     Messages sent on the loop thread are framed into a buffer written once at the end of the loop
@@ -38,10 +73,9 @@ class WorkerMailbox:
     """
 
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
-        self._inbox, self._outbox = inbox, outbox
+        super().__init__(inbox.fileno())
+        self._inbox, self._outbox = inbox, outbox  # kept: the Connections own the fds
         self._out_fd = outbox.fileno()
-        self._reader = FrameReader(inbox.fileno())
-        self._codec = Codec()
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -51,22 +85,6 @@ class WorkerMailbox:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Buffer the loop thread's sends on ``loop`` (called on that thread)."""
         self._loop, self._loop_thread = loop, threading.get_ident()
-
-    def fileno(self) -> int:
-        return self._inbox.fileno()
-
-    def recv_ready(self) -> list[object]:
-        frames = self._reader.read()
-        if frames is None:
-            raise EOFError("the supervisor closed the inbox")
-        return [pickle.loads(f) for f in frames]
-
-    def recv_wait(self) -> list[object]:
-        while True:
-            select.select([self._inbox.fileno()], [], [])
-            msgs = self.recv_ready()
-            if msgs:
-                return msgs
 
     def send(self, msg: object) -> None:
         data = frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
@@ -97,15 +115,6 @@ class WorkerMailbox:
 
     def orphaned(self) -> None:
         die_with_group()
-
-    def pack(self, obj: Any) -> Packed:
-        return self._codec.pack(obj)
-
-    def unpack(self, packed: Packed) -> Any:
-        return self._codec.unpack(packed)
-
-    def load_definition(self, packed: Packed) -> Any:
-        return self._codec.load_definition(packed)
 
 
 def die_with_group() -> None:
