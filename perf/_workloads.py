@@ -11,9 +11,10 @@ importable module would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from actors import Context, Event, StartEvent, StopEvent, Workflow, step
 
@@ -382,3 +383,29 @@ class LoadMix(Workflow):
         if got is None:
             return None
         return StopEvent(result=sum(e.value for e in got))
+
+
+# --- measurement helpers (bench.py, bench_ray.py) ----------------------------------------------------------
+async def latencies(start: Callable[[], Awaitable[Any]], n: int, warmup: int) -> list[float]:
+    """Seconds each of ``n`` sequential ``await start()`` took, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        await start()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await start()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def throughput(start: Callable[[], Awaitable[Any]], inflight: int, total: int) -> float:
+    """Runs/s of ``total`` ``await start()`` calls kept ``inflight`` at a time."""
+    todo = iter(range(total))
+
+    async def lane() -> None:
+        for _ in todo:
+            await start()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(inflight)))
+    return total / (time.perf_counter() - t)

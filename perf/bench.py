@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -174,17 +174,6 @@ class Noise:
 
 
 # --- 1. chain ------------------------------------------------------------------------------------------
-async def _latencies(start: Callable[[], Awaitable[Any]], n: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        await start()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await start()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def bench_chain(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
     rounds, per_round, warmup = (3, 20, 10) if quick else (8, 40, 10)
     pf10, pf1 = W.Chain10(runtime=rt, timeout=60), W.Chain1(runtime=rt, timeout=60)
@@ -202,7 +191,7 @@ def bench_chain(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
                 makers += [("li10", lambda: l10.run()), ("li1", lambda: l1.run())]
             res: dict[str, list[float]] = {}
             for name, make in (makers if i % 2 == 0 else makers[::-1]):
-                res[name] = await _latencies(make, per_round, warmup if i == 0 else 2)
+                res[name] = await W.latencies(make, per_round, warmup if i == 0 else 2)
             out.append(res)
         return out
 
@@ -227,31 +216,19 @@ def bench_chain(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
 
 
 # --- 2. throughput -------------------------------------------------------------------------------------
-async def _throughput(start: Callable[[], Awaitable[Any]], inflight: int, total: int) -> float:
-    todo = iter(range(total))
-
-    async def lane() -> None:
-        for _ in todo:
-            await start()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(inflight)))
-    return total / (time.perf_counter() - t)
-
-
 def bench_throughput(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
     pf = W.Three(runtime=rt, timeout=120)
     li_cls = W.llama("LThree")
     out: dict[str, dict[int, float]] = {"procflow": {}, "llamaindex": {}}
 
     async def main() -> None:
-        await _throughput(lambda: pf.run(), 10, 50)  # warm: workflow shipped to every worker
+        await W.throughput(lambda: pf.run(), 10, 50)  # warm: workflow shipped to every worker
         for inflight in (1, 10, 100, 1000):
             total = max(inflight, 100) if quick else max(2 * inflight, 300)
-            out["procflow"][inflight] = await _throughput(lambda: pf.run(), inflight, total)
+            out["procflow"][inflight] = await W.throughput(lambda: pf.run(), inflight, total)
             if li_cls is not None:
                 li = li_cls(timeout=120)
-                out["llamaindex"][inflight] = await _throughput(lambda: li.run(), inflight, total)
+                out["llamaindex"][inflight] = await W.throughput(lambda: li.run(), inflight, total)
             gc.collect()
 
     asyncio.run(main())

@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import _workloads as W
 from runtime import ProcessRuntime
@@ -46,27 +46,6 @@ def med(xs: list[float]) -> float:
 
 
 # --- measurements ----------------------------------------------------------------------------------------
-async def _latencies(start: Callable[[], Awaitable[Any]], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await start()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-async def _throughput(start: Callable[[], Awaitable[Any]], inflight: int, total: int) -> float:
-    todo = iter(range(total))
-
-    async def lane() -> None:
-        for _ in todo:
-            await start()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(inflight)))
-    return total / (time.perf_counter() - t)
-
-
 def bench_hop(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, float]:
     """Median per-hop latency (us) of a 10-step chain, one run at a time."""
     flows = {name: W.Chain10(runtime=rt, timeout=120) for name, rt in rts.items()}
@@ -75,10 +54,10 @@ def bench_hop(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, float]:
 
     async def main() -> None:
         for name, wf in flows.items():
-            await _latencies(lambda: wf.run(), 5)  # warm: the workflow shipped to the workers
+            await W.latencies(lambda: wf.run(), 5, 0)  # warm: the workflow shipped to the workers
         for _ in range(3):
             for name, wf in flows.items():
-                samples[name] += await _latencies(lambda: wf.run(), n // 3)
+                samples[name] += await W.latencies(lambda: wf.run(), n // 3, 0)
 
     asyncio.run(main())
     return {name: med(xs) / 10 * 1e6 for name, xs in samples.items()}
@@ -90,13 +69,13 @@ def bench_throughput(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, d
 
     async def main() -> None:
         for wf in flows.values():
-            await _throughput(lambda: wf.run(), 10, 50)
+            await W.throughput(lambda: wf.run(), 10, 50)
         for inflight in (1, 10, 100):
             total = 100 if quick else 300
             rates: dict[str, list[float]] = {name: [] for name in rts}
             for _ in range(1 if quick else 2):
                 for name, wf in flows.items():
-                    rates[name].append(await _throughput(lambda: wf.run(), inflight, total))
+                    rates[name].append(await W.throughput(lambda: wf.run(), inflight, total))
             for name in rts:
                 out[name][inflight] = med(rates[name])
 
