@@ -76,11 +76,11 @@ class Channel:
     """Non-blocking, loop-driven ends of a worker's inbox (write) and outbox (read)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
-                 on_message: Callable[[object], None], on_eof: Callable[[], None]) -> None:
+                 on_message: Callable[[object], None]) -> None:
         self._loop = loop
         self._inbox, self._outbox = inbox, outbox
         self._wfd, self._rfd = inbox.fileno(), outbox.fileno()
-        self._on_message, self._on_eof = on_message, on_eof
+        self._on_message = on_message
         self._reader = FrameReader(self._rfd)
         self._wbuf = bytearray()
         self._flush_pending = False
@@ -92,17 +92,12 @@ class Channel:
     def _on_readable(self) -> None:
         frames = self._reader.read()
         if frames is None:
-            self._eof()
+            self.close()  # the worker is gone or going: its sentinel reports the death
             return
         for payload in frames:
             if self._closed:
                 return
             self._on_message(pickle.loads(payload))
-
-    def _eof(self) -> None:
-        if not self._closed:
-            self.close()
-            self._on_eof()
 
     # --- writing ---------------------------------------------------------------------------------------
     def send(self, msg: object) -> None:

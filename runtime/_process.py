@@ -174,5 +174,5 @@ class ProcessLauncher(Launcher):
     def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
                on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
         proc, inbox, outbox = launched
-        channel = Channel(loop, inbox, outbox, on_message, lambda: None)
+        channel = Channel(loop, inbox, outbox, on_message)
         return ProcessLink(loop, proc, channel, on_death)
