@@ -8,6 +8,7 @@ start method, and pass it as ``Workflow(runtime=...)``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import concurrent.futures
 import enum
 import itertools
@@ -134,9 +135,13 @@ class ProcessRuntime(Engine):
         """Whether the caller is the supervisor's own thread (where blocking would deadlock)."""
         return self._sup.in_loop_thread()
 
-    def worker_pids(self) -> list[int]:
-        """PIDs of the live worker processes."""
+    def worker_pids(self, wait: bool = True) -> list[int]:
+        """PIDs of the live worker processes; with ``wait``, once the pool is at full strength (workers
+        start in the background: right after the first run some may still be starting), for at most 10 s."""
         self.start()
+        if wait:
+            with contextlib.suppress(TimeoutError, RuntimeBrokenError):
+                self.wait_ready(10.0)
         return self._sup.call(lambda: [w.pid for w in self._sup.pool.live()]).result(10)
 
     # --- runs ------------------------------------------------------------------------------------------
