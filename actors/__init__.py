@@ -1,17 +1,17 @@
 """What a step author touches: events, ``@step``, ``Workflow``, the step-side ``Context``, and errors."""
 
-from ._context import Context, Store
-from ._errors import (
+from .context import Context, Store
+from .errors import (
     PayloadError, RemoteTraceback, RuntimeBrokenError, WorkerCrashedError, WorkflowCancelledByUser,
     WorkflowError, WorkflowRuntimeError, WorkflowTimeoutError, WorkflowValidationError,
 )
-from ._events import (
+from .events import (
     Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent, StartEvent, StepQueueChanged,
     StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowTimedOutEvent,
 )
-from ._retry import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
-from ._step import step
-from ._workflow import Workflow
+from .retry_policy import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
+from .decorators import step
+from .workflow import Workflow
 
 __all__ = [
     "ConstantDelayRetryPolicy",

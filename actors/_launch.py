@@ -12,11 +12,11 @@ import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from ._context import Context
-    from ._events import StartEvent
-    from ._workflow import Workflow
+    from .context import Context
+    from .events import StartEvent
+    from .workflow import Workflow
 
-ENTRY_POINT = "handler._launch:start_run"
+ENTRY_POINT = "handler.launch:start_run"
 _entry: Callable[..., Any] | None = None
 
 

@@ -3,9 +3,11 @@
 ``RayRuntime`` (the ``ray`` extra) is resolved on first access, so ``import runtime`` never imports ray.
 """
 
-from ._adapter import Engine, RunAdapter
-from ._runtime import ProcessRunAdapter, ProcessRuntime, get_default_runtime, shutdown_default_runtime
-from ._stream import END, EventStream
+from runtime.engine import Engine, RunAdapter
+from runtime.process_runtime import (
+    ProcessRunAdapter, ProcessRuntime, get_default_runtime, shutdown_default_runtime,
+)
+from runtime.stream import END, EventStream
 
 __all__ = [
     "END",
@@ -21,7 +23,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "RayRuntime":
-        from ._ray import RayRuntime
+        from runtime.workers.ray.ray import RayRuntime
 
         return RayRuntime
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -27,7 +27,7 @@ from conftest import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 PROCFLOW = [str(Path(sys.executable).parent / "procflow")]
 if not Path(PROCFLOW[0]).exists():  # not installed as a script: the module form is the same command
-    PROCFLOW = [sys.executable, "-m", "runtime"]
+    PROCFLOW = [sys.executable, "-m", "handler"]
 
 FLOWS = '''
 import time
@@ -225,7 +225,7 @@ def test_json_prints_one_event_per_line_then_the_result(flows: Path) -> None:
 
 
 def test_python_dash_m_runtime_is_the_same_command(flows: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "runtime", "run", f"{flows}:Hello", "--json",
+    proc = subprocess.run([sys.executable, "-m", "handler", "run", f"{flows}:Hello", "--json",
                            "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["result"] == {"hello": "world", "n": None}

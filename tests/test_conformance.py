@@ -111,7 +111,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
 def rt(engine: str) -> Iterator[ProcessRuntime]:
     """A warm two-worker runtime of the engine under test."""
     if engine == "ray":
-        from runtime._ray import RayRuntime
+        from runtime import RayRuntime
 
         runtime: ProcessRuntime = RayRuntime(workers=2, restart_window=5.0)
     else:
@@ -470,7 +470,7 @@ _OWN_RAY = textwrap.dedent("""
     import psutil
     import runtime
     lazy = "ray" not in sys.modules  # importing procflow's runtime does not import ray
-    from runtime._ray import RayRuntime
+    from runtime import RayRuntime
     import ray
     from test_conformance import Pipeline
 
@@ -506,7 +506,7 @@ _NODE_LOST = textwrap.dedent("""
     import psutil
     import ray
     from ray.cluster_utils import Cluster
-    from runtime._ray import RayRuntime
+    from runtime import RayRuntime
     from actors import WorkerCrashedError
     from test_conformance import Double, Sleepy, first_started
 

@@ -1,4 +1,4 @@
-"""The supervisor's end of one worker's two channels, driven by the event loop.
+"""The supervisor's end of one worker's two pipes, driven by the event loop.
 
 Each worker owns a private pair of one-way pipes (``multiprocessing.Pipe(duplex=False)``): an *inbox* the
 supervisor writes and an *outbox* the worker writes. Each pipe has exactly one writer and one reader, so it
@@ -6,10 +6,9 @@ is a single-producer single-consumer queue that needs no lock, and a worker kill
 its own outbox, which is thrown away with it (a shared ``mp.Queue`` whose lock holder is SIGKILLed stays
 locked for every other process).
 
-On this side both fds are non-blocking and served by the loop: reads by a reader callback that parses
-``multiprocessing.connection`` frames incrementally (so a half-written frame never stalls the loop), writes
-by a buffer flushed from a writer callback (so a worker that is slow to read never blocks the supervisor).
-The worker's side uses plain blocking ``Connection.send_bytes``/``recv_bytes``; the framing is the same.
+On this side both fds are non-blocking and served by the loop: reads by a reader callback that parses frames
+incrementally (``runtime.wire.framing``; a half-written frame never stalls the loop), writes by a buffer
+flushed from a writer callback (a worker that is slow to read never blocks the supervisor).
 """
 
 from __future__ import annotations
@@ -17,59 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import struct
 from multiprocessing.connection import Connection
 from typing import Callable
 
-_HEADER = struct.Struct("!i")
-_LONG_HEADER = struct.Struct("!Q")
-# 64 KiB: os.read allocates the whole chunk on every call, and a 256 KiB one cost ~17 us per read.
-_READ_CHUNK = 1 << 16
-
-
-def frame(payload: bytes) -> bytes:
-    """``payload`` with the length header ``Connection.recv_bytes`` expects."""
-    n = len(payload)
-    if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _LONG_HEADER.pack(n) + payload
-    return _HEADER.pack(n) + payload
-
-
-class FrameReader:
-    """Reads ``multiprocessing.connection`` frames from a non-blocking fd, however the bytes arrive."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._buf = bytearray()
-        os.set_blocking(fd, False)
-
-    def read(self) -> list[bytes] | None:
-        """The frames completed by what can be read now; [] if nothing is there; None at EOF."""
-        try:
-            chunk = os.read(self.fd, _READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            chunk = b""
-        if not chunk:
-            return None
-        self._buf += chunk
-        out: list[bytes] = []
-        buf, pos = self._buf, 0
-        while len(buf) - pos >= 4:
-            (n,) = _HEADER.unpack_from(buf, pos)
-            head = 4
-            if n == -1:
-                if len(buf) - pos < 12:
-                    break
-                (n,) = _LONG_HEADER.unpack_from(buf, pos + 4)
-                head = 12
-            if len(buf) - pos - head < n:
-                break
-            out.append(bytes(buf[pos + head:pos + head + n]))
-            pos += head + n
-        del buf[:pos]
-        return out
+from runtime.wire.framing import FrameReader, frame
 
 
 class Channel:

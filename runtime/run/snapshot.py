@@ -20,10 +20,10 @@ from actors import (
     Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent, WorkflowRuntimeError,
     WorkflowTimeoutError,
 )
-from actors._protocol import Packed
+from actors.host import Packed
 
-from ._codec import Codec
-from ._run import RunState, RunStatus, StepInput, Waiter
+from runtime.wire.codec import Codec
+from runtime.run.state import RunState, RunStatus, StepInput, Waiter
 
 _BUILTIN = (Event, StartEvent, StopEvent, InputRequiredEvent, HumanResponseEvent)
 VERSION = 1

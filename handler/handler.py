@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from actors import (
     Context, Event, InternalDispatchEvent, StopEvent, WorkflowCancelledByUser, WorkflowRuntimeError,
 )
-from actors._context import WaitRequest
+from actors.host import WaitRequest, bind_context
 from runtime import END, RunAdapter
 
 if TYPE_CHECKING:
     from actors import Workflow
-    from actors._workflow import WorkflowSpec
+    from actors.host import WorkflowSpec
 
 T = TypeVar("T")
 
@@ -87,6 +87,7 @@ class WorkflowHandler(Awaitable[Any]):
     _adapter: RunAdapter
     _on_engine_thread: Callable[[], bool]
     _ctx: Context[Any]
+    _backend: _CallerBackend
     _stream_lock: threading.Lock
     _all_events_consumed: bool
 
@@ -101,7 +102,8 @@ class WorkflowHandler(Awaitable[Any]):
         self._adapter = adapter
         self._on_engine_thread = guard
         self.run_id = adapter.run_id
-        self._ctx = Context._bound(_CallerBackend(adapter, wspec), workflow)
+        self._backend = _CallerBackend(adapter, wspec)
+        self._ctx = bind_context(self._backend, workflow)
         self._stream_lock = threading.Lock()
         self._all_events_consumed = False
         return self

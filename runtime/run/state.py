@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel
 
 from actors import Event, WorkflowRuntimeError
-from actors._context import MISSING
-from actors._protocol import Packed
+from actors.host import MISSING
+from actors.host import Packed
 
 if TYPE_CHECKING:
     import asyncio
 
     from actors import Workflow
-    from actors._workflow import WorkflowSpec
+    from actors.host import WorkflowSpec
 
-    from ._adapter import RunAdapter
-    from ._pool import Worker
+    from runtime.engine import RunAdapter
+    from runtime.pool.worker import Worker
 
 
 class RunStatus(enum.Enum):

@@ -15,60 +15,17 @@ import os
 import signal
 import sys
 import threading
-from abc import ABC, abstractmethod
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Iterator
 
 import psutil
 
-from ._channel import Channel
-from ._worker import worker_main
+from runtime.pool.link import Launcher, WorkerLink
+from runtime.workers.process.channel import Channel
+from runtime.workers.process.main import worker_main
 
-PRELOAD = ["actors", "runtime._worker"]
-
-
-class WorkerLink(ABC):
-    """The pool's handle on one started worker."""
-
-    pid: int
-    exitcode: int | None = None
-
-    @abstractmethod
-    def send(self, msg: object) -> None:
-        """Queue a message for the worker; never blocks."""
-
-    @abstractmethod
-    def signal(self, sig: int) -> None:
-        """Deliver ``sig`` (SIGTERM, SIGKILL) to the worker and what its steps started; gone is fine."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """After death: reap the worker, end its leftovers, release its channels. Sets ``exitcode``."""
-
-    def describe_exit(self) -> str:
-        code = self.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
-
-
-class Launcher(ABC):
-    """Starts workers for a pool."""
-
-    @abstractmethod
-    def launch(self, index: int) -> Any:
-        """Start worker ``index``; blocking, called in an executor thread."""
-
-    @abstractmethod
-    def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
-               on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
-        """On the loop thread: wire a launched worker's messages and death to the callbacks."""
+PRELOAD = ["actors", "runtime.workers.process.main"]
 
 
 _main_lock = threading.Lock()

@@ -22,7 +22,7 @@ import cloudpickle
 from pydantic import BaseModel
 
 from actors import PayloadError
-from actors._protocol import Packed
+from actors.host import Packed
 
 
 class _ByValue(Exception):

@@ -9,131 +9,20 @@ Async steps use ``await ctx.store.get(...)``; plain ``def`` steps, which run in 
 the blocking twins ``ctx.store.get_sync(...)`` / ``set_sync(...)``.
 """
 
+
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._errors import WorkflowRuntimeError
-from ._events import Event
+from ..errors import WorkflowRuntimeError
+from ..events import Event
+from .backend import ContextBackend, WaitRequest
+from .store import Store
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from ..workflow import Workflow
 
 StateT = TypeVar("StateT")
-
-
-class _Missing:
-    """The "no default" marker; pickles as the module's singleton so it survives the trip to the parent."""
-
-    def __reduce__(self) -> str:
-        return "MISSING"
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
-
-
-class ContextBackend(Protocol):
-    """What a Context needs from wherever it lives."""
-
-    def send_event(self, event: Event, step: str | None) -> None: ...
-    def write_event_to_stream(self, event: Event) -> None: ...
-    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
-                       ) -> list[Event] | None: ...
-    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]: ...
-    def wait_for_event(self, wait: WaitRequest) -> Event: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def previous_run(self) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class WaitRequest:
-    """What a step asked ``ctx.wait_for_event`` for."""
-
-    event_type: type[Event]
-    waiter_event: Event | None
-    waiter_id: str | None
-    requirements: dict[str, Any]
-    timeout: float | None
-
-
-class Suspend(BaseException):
-    """Raised inside a step by ``wait_for_event`` when the event is not there yet: the invocation ends and
-    the step runs again from its start once the event arrives. A BaseException so that a step's
-    ``except Exception`` does not swallow it."""
-
-    def __init__(self, wait: WaitRequest, waiter_id: str) -> None:
-        super().__init__(waiter_id)
-        self.wait, self.waiter_id = wait, waiter_id
-
-
-class Store:
-    """The run-wide key/value store. Values are copied (pickled) on every get and set, because steps run
-    in other processes: mutate a value you got, then ``set`` it back."""
-
-    __slots__ = ("_ctx",)
-
-    def __init__(self, ctx: Context[Any]) -> None:
-        self._ctx = ctx
-
-    async def get(self, key: str, default: Any = MISSING) -> Any:
-        """The value at ``key`` (dotted keys reach into nested dicts); ``default`` or KeyError if absent."""
-        return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get", key, default))
-
-    async def set(self, key: str, value: Any) -> None:
-        """Store ``value`` at ``key`` for every step of this run."""
-        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set", key, value))
-
-    def get_sync(self, key: str, default: Any = MISSING) -> Any:
-        """Blocking twin of ``get``, for plain ``def`` steps."""
-        return self._ctx._backend_or_raise().store_call("get", key, default).result()
-
-    def set_sync(self, key: str, value: Any) -> None:
-        """Blocking twin of ``set``, for plain ``def`` steps."""
-        self._ctx._backend_or_raise().store_call("set", key, value).result()
-
-    async def get_state(self) -> Any:
-        """A copy of the whole state: the ``Context[State]`` model, or the dict of keys."""
-        return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get_state"))
-
-    async def set_state(self, state: Any) -> None:
-        """Replace the whole state (an instance of the workflow's state type, or a dict)."""
-        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set_state", state))
-
-    @contextlib.asynccontextmanager
-    async def edit_state(self) -> AsyncIterator[Any]:
-        """``async with ctx.store.edit_state() as state:`` edit a copy of the state while holding the run's
-        state lock; the copy is saved on exit, or dropped if the block raises. Atomic across every step of
-        the run, wherever it runs (the lock lives in the supervisor)."""
-        backend = self._ctx._backend_or_raise()
-        state = await asyncio.wrap_future(backend.store_call("lock_state"))
-        try:
-            yield state
-            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
-        except BaseException:
-            await asyncio.shield(asyncio.wrap_future(backend.store_call("unlock_state", MISSING)))
-            raise
-        await asyncio.wrap_future(saving)
-
-    @contextlib.contextmanager
-    def edit_state_sync(self) -> Iterator[Any]:
-        """Blocking twin of ``edit_state``, for plain ``def`` steps."""
-        backend = self._ctx._backend_or_raise()
-        state = backend.store_call("lock_state").result()
-        try:
-            yield state
-            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
-        except BaseException:
-            backend.store_call("unlock_state", MISSING).result()
-            raise
-        saving.result()
 
 
 class Context(Generic[StateT]):

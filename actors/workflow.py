@@ -9,12 +9,12 @@ import weakref
 
 from pydantic import BaseModel
 
-from ._errors import WorkflowRuntimeError, WorkflowValidationError
-from ._events import StartEvent, StopEvent
-from ._step import STEP_ATTR, StepSpec, read_step
+from .errors import WorkflowRuntimeError, WorkflowValidationError
+from .events import StartEvent, StopEvent
+from .decorators import STEP_ATTR, StepSpec, read_step
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .context import Context
 
 
 class WorkflowSpec:

@@ -20,11 +20,11 @@ from typing import Any
 
 import uvloop
 
-from actors._host import ActorHost
-from actors._protocol import Packed, Ready, Request
+from actors.host import ActorHost
+from actors.host import Packed, Ready, Request
 
-from ._channel import FrameReader, frame
-from ._codec import Codec
+from runtime.wire.framing import FrameReader, frame
+from runtime.wire.codec import Codec
 
 
 class PipeInbox:

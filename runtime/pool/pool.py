@@ -18,74 +18,18 @@ Everything here runs on the supervisor's loop thread, except ``spawn_process``.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import signal
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from actors._protocol import Ready
+from actors.host import Ready
 
-from ._process import Launcher, WorkerLink
-
-if TYPE_CHECKING:
-    from ._run import Invocation
+from runtime.pool.budget import RestartBudget
+from runtime.pool.link import Launcher
+from runtime.pool.worker import Worker, WorkerState
 
 log = logging.getLogger("procflow")
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DYING = "dying"
-    DEAD = "dead"
-
-
-@dataclass(eq=False, slots=True)
-class Worker:
-    """One worker process as the supervisor sees it."""
-
-    index: int
-    link: WorkerLink
-    pid: int
-    state: WorkerState = WorkerState.STARTING
-    sync_inv: Invocation | None = None
-    async_invs: set[int] = field(default_factory=set)
-    loaded: set[int] = field(default_factory=set)
-    draining: bool = False
-    kill_reason: str | None = None
-
-    def idle(self) -> bool:
-        return self.sync_inv is None and not self.async_invs
-
-    def send(self, msg: object) -> None:
-        self.link.send(msg)
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.link.exitcode
-
-    def describe_exit(self) -> str:
-        return self.link.describe_exit()
-
-
-class RestartBudget:
-    """At most ``max_restarts`` unexpected deaths in any ``window`` seconds."""
-
-    def __init__(self, max_restarts: int, window: float) -> None:
-        self.max_restarts, self.window = max_restarts, window
-        self._deaths: deque[float] = deque()
-
-    def spend(self) -> bool:
-        """Record a death; False when it exceeds the budget."""
-        now = time.monotonic()
-        self._deaths.append(now)
-        while self._deaths and now - self._deaths[0] > self.window:
-            self._deaths.popleft()
-        return len(self._deaths) <= self.max_restarts
-
 
 class Pool:
     """The workers, on the supervisor loop. Calls back ``on_message(worker, msg)``, ``on_ready(worker)``,

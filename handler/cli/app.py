@@ -53,9 +53,9 @@ from actors import (
     Event, InternalDispatchEvent, StepQueueChanged, StepStateChanged, StopEvent, Workflow,
     WorkflowCancelledByUser, WorkflowError, WorkflowTimeoutError, WorkflowValidationError,
 )
-from actors._workflow import WorkflowSpec, validate
+from actors.host import WorkflowSpec, spec_of, validate, validated_spec
 
-from ._runtime import ProcessRuntime
+from runtime import ProcessRuntime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 TICK = 0.1  # seconds between redraws (and between looks at the Ctrl-C count) while no event comes
@@ -228,7 +228,7 @@ def _invalid(cls: type[Workflow], exc: WorkflowValidationError) -> UsageError:
 
 def _spec_of(cls: type[Workflow]) -> WorkflowSpec:
     try:
-        return cls._spec()
+        return spec_of(cls)
     except WorkflowValidationError as exc:
         raise _invalid(cls, exc) from exc
 
@@ -699,7 +699,7 @@ def _make_workflow(cls: type[Workflow], timeout: float | None | Literal[False], 
     if timeout is not False:  # False: --timeout not given, the workflow's own stands
         wf.timeout = timeout
     try:
-        spec = wf._validate()
+        spec = validated_spec(wf)
     except WorkflowValidationError as exc:
         raise _invalid(cls, exc) from exc
     start = spec.start_event_type
@@ -717,7 +717,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf = _make_workflow(cls, args.timeout, kw)
     rt = ProcessRuntime(workers=args.workers)
     wf.runtime = rt
-    stats = RunStats({name: StepCounts() for name in cls._spec().steps})
+    stats = RunStats({name: StepCounts() for name in spec_of(cls).steps})
     view = _pick_view(args, stats, rt.workers)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the workers' prints show as they happen
     with _Interrupts() as interrupts, view.owning_stdout():

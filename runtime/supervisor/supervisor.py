@@ -33,19 +33,19 @@ from actors import (
     WorkflowCancelledByUser, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowRuntimeError,
     WorkflowTimedOutEvent, WorkflowTimeoutError,
 )
-from actors._events import StepQueueChanged
-from actors._protocol import (
+from actors import StepQueueChanged
+from actors.host import (
     CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Packed, Publish,
     Reply, Request, Suspended,
 )
 
-from ._codec import Codec
-from ._pool import Pool, RestartBudget, Worker
-from ._process import Launcher, ProcessLauncher
-from ._run import Invocation, RunState, RunStatus, StepInput, Waiter
+from runtime.wire.codec import Codec
+from runtime.pool import Launcher, Pool, RestartBudget, Worker
+from runtime.workers.process.launcher import ProcessLauncher
+from runtime.run.state import Invocation, RunState, RunStatus, StepInput, Waiter
 
 if TYPE_CHECKING:
-    from ._adapter import RunAdapter
+    from runtime.engine import RunAdapter
 
 log = logging.getLogger("procflow")
 T = TypeVar("T")

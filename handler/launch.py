@@ -6,14 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from actors import Context, StartEvent, Workflow, WorkflowRuntimeError
+from actors.host import follow_run, validated_spec
 from runtime import Engine, get_default_runtime
 
-from ._handler import WorkflowHandler
+from .handler import WorkflowHandler
 
 
 def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEvent | None,
               kwargs: dict[str, Any]) -> WorkflowHandler:
-    wspec = workflow._validate()
+    wspec = validated_spec(workflow)
     start_type = wspec.start_event_type or StartEvent
     if start_event is None:
         try:
@@ -34,6 +35,6 @@ def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEv
     handler = WorkflowHandler._create(workflow, adapter, wspec, guard)
     if ctx is not None:
         # The caller's Context now follows this run: reusing it for the next run carries the state on.
-        ctx._backend = handler.ctx._backend
+        follow_run(ctx, handler._backend)
         handler._ctx = ctx
     return handler

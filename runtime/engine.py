@@ -12,7 +12,7 @@ import concurrent.futures
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ._stream import EventStream
+from runtime.stream import EventStream
 
 if TYPE_CHECKING:
     from actors import Context, Event, StartEvent, StopEvent, Workflow

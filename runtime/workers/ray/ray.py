@@ -23,7 +23,7 @@ waits, timeouts, cancels and the handler are ``ProcessRuntime``'s own: this modu
 Events and state travel as Ray actor calls and their results (Ray's transport and object store); the pipe
 inside an actor only hands bytes from Ray's call thread to the host's loop, as the host's reader expects.
 
-Import it as ``from runtime._ray import RayRuntime`` (the ``ray`` extra). With no address (and no Ray
+Import it as ``from runtime import RayRuntime`` (the ``ray`` extra). With no address (and no Ray
 cluster in the environment) a local Ray instance is started and ``shutdown()`` ends it; with an address,
 the cluster is joined. The workers import procflow and the modules your workflows live in: on a cluster install them on
 every node or ship them with ``init_options={"runtime_env": {"py_modules": [...]}}``. Classes defined in
@@ -51,13 +51,13 @@ import psutil
 import ray
 import uvloop
 
-from actors._host import ActorHost
-from actors._protocol import Packed, Ready
+from actors.host import ActorHost
+from actors.host import Packed, Ready
 
-from ._channel import frame
-from ._process import Launcher, WorkerLink
-from ._runtime import ProcessRuntime, RuntimeState
-from ._worker import PipeInbox
+from runtime.wire.framing import frame
+from runtime.pool.link import Launcher, WorkerLink
+from runtime.process_runtime import ProcessRuntime, RuntimeState
+from runtime.workers.process.main import PipeInbox
 
 log = logging.getLogger("procflow")
 
@@ -479,7 +479,7 @@ class RayRuntime(ProcessRuntime):
         launch_timeout: seconds Ray may take to place and start one worker actor.
         kill_grace, cancel_grace, max_restarts, restart_window, async_capacity: as ``ProcessRuntime``.
 
-    Import it as ``from runtime._ray import RayRuntime`` (ray is an optional extra: ``pip install
+    Import it as ``from runtime import RayRuntime`` (ray is an optional extra: ``pip install
     procflow[ray]``).
     """
 

@@ -19,13 +19,14 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from actors import Event, RuntimeBrokenError, StartEvent, Workflow, WorkflowRuntimeError
+from actors.host import continues_from, spec_of
 
-from ._adapter import Engine, RunAdapter
-from ._process import Launcher
-from ._run import RunState
-from ._snapshot import carry, seed, to_dict
-from ._stream import EventStream
-from ._supervisor import Supervisor, SupervisorState
+from runtime.engine import Engine, RunAdapter
+from runtime.pool.link import Launcher
+from runtime.run.state import RunState
+from runtime.run.snapshot import carry, seed, to_dict
+from runtime.stream import EventStream
+from runtime.supervisor.supervisor import Supervisor, SupervisorState
 
 if TYPE_CHECKING:
     from actors import Context, StopEvent
@@ -148,7 +149,7 @@ class ProcessRuntime(Engine):
     def start_run(self, workflow: Workflow, start_event: StartEvent, ctx: Context[Any] | None
                   ) -> RunAdapter:
         self.start()
-        wspec = type(workflow)._spec()
+        wspec = spec_of(workflow)
         key = self._workflow_key(workflow, wspec.event_types())
         packed = self._sup.codec.pack(start_event)
         adapter = ProcessRunAdapter(self._sup, uuid.uuid4().hex, workflow)
@@ -156,7 +157,7 @@ class ProcessRuntime(Engine):
                        store=wspec.state_type() if wspec.state_type else {})
         adapter._run = run
         if ctx is not None:
-            previous, data = ctx._carry()
+            previous, data = continues_from(ctx)
             if isinstance(previous, RunState):
                 carry(run, previous)
             else:
@@ -171,7 +172,7 @@ class ProcessRuntime(Engine):
             if key is not None:
                 return key
             key = next(self._keys)
-            definition = self._sup.codec.pack_definition(workflow, type(workflow)._spec(),
+            definition = self._sup.codec.pack_definition(workflow, spec_of(workflow),
                                                          event_types | {StartEvent})
             self._workflow_keys[id(workflow)] = key
         weakref.finalize(workflow, self._forget, id(workflow), key)
@@ -202,7 +203,7 @@ class ProcessRunAdapter(RunAdapter):
         self._final_run: RunState | None = None
 
     def send_event(self, event: Event, step: str | None = None) -> concurrent.futures.Future[None]:
-        type(self.workflow)._spec().check_target(type(event), step)
+        spec_of(self.workflow).check_target(type(event), step)
         packed = self._sup.codec.pack(event)
         return self._sup.call(self._sup.send_event, self.run_id, event, packed, step)
 

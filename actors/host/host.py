@@ -30,14 +30,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ._context import Context, Suspend, WaitRequest
-from ._errors import PayloadError, WorkflowRuntimeError
-from ._events import Event
-from ._protocol import (
-    CancelInvocations, Cancelled, Done, DropWorkflow, Emit, Failed, Invoke, LoadWorkflow, Mailbox, Publish,
+from ..context import Context, Suspend
+from ..errors import PayloadError, WorkflowRuntimeError
+from ..events import Event
+from .protocol import (
+    CancelInvocations, Cancelled, Done, DropWorkflow, Failed, Invoke, LoadWorkflow, Mailbox,
     Reply, Request, Shutdown, Suspended,
 )
-from ._workflow import Workflow, WorkflowSpec
+from ..workflow import Workflow, WorkflowSpec
+from .backend import WorkerBackend
 
 
 class ActorHost:
@@ -209,7 +210,7 @@ class ActorHost:
                 f"in worker {self.pid}: {exc}") from exc
         kwargs: dict[str, Any] = {spec.ev_param: event}
         if spec.ctx_param is not None:
-            kwargs[spec.ctx_param] = Context._bound(_WorkerBackend(self, msg, wspec), workflow)
+            kwargs[spec.ctx_param] = Context._bound(WorkerBackend(self, msg, wspec), workflow)
         fn = spec.fn if spec.free_function else spec.fn.__get__(workflow)
         return fn, kwargs
 
@@ -236,67 +237,3 @@ class ActorHost:
                 "pickled, so it is reported as this error)")
             packed = self.mailbox.pack(substitute)
         return Failed(msg.inv, packed, tb)
-
-
-class _WorkerBackend:
-    """A step's Context backend inside a worker: fire-and-forget sends, request/reply for run state."""
-
-    __slots__ = ("host", "msg", "wspec", "_waits")
-
-    def __init__(self, host: ActorHost, msg: Invoke, wspec: WorkflowSpec) -> None:
-        self.host = host
-        self.msg = msg
-        self.wspec = wspec
-        self._waits = 0
-
-    def _pack_event(self, event: Event, what: str) -> Any:
-        try:
-            return self.host.mailbox.pack(event)
-        except PayloadError as exc:
-            raise PayloadError(f"step '{self.msg.step}': {what}({type(event).__name__}) cannot be "
-                               f"pickled: {exc}") from exc
-
-    def send_event(self, event: Event, step: str | None) -> None:
-        self.wspec.check_target(type(event), step)
-        self.host.mailbox.send(Emit(self.msg.inv, self._pack_event(event, "send_event"), step))
-
-    def write_event_to_stream(self, event: Event) -> None:
-        packed = self._pack_event(event, "write_event_to_stream")
-        self.host.mailbox.send(Publish(self.msg.inv, packed))
-
-    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
-                       ) -> list[Event] | None:
-        fut = self.host.request(self.msg.inv, "collect", buffer_id or self.msg.step, event, expected)
-        result: list[Event] | None = self.host.wait(fut)
-        return result
-
-    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        try:
-            return self.host.request(self.msg.inv, op, *args)
-        except PayloadError as exc:
-            what = f"store.{op}({args[0]!r})" if op == "set" else f"store.{op}()"
-            raise PayloadError(f"step '{self.msg.step}': {what}: the value cannot be stored, it cannot be "
-                               f"pickled: {exc}") from exc
-
-    def wait_for_event(self, wait: WaitRequest) -> Event:
-        waiter_id = wait.waiter_id
-        if waiter_id is None:
-            # Stable across re-runs of this invocation: the n-th wait of the lineage.
-            waiter_id = f"{self.msg.lineage or self.msg.inv}:{self._waits}"
-            self._waits += 1
-        for wid, packed in self.msg.resumed:
-            if wid == waiter_id:
-                value = self.host.mailbox.unpack(packed)
-                if isinstance(value, BaseException):
-                    raise value
-                return value  # type: ignore[no-any-return]
-        raise Suspend(wait, waiter_id)
-
-    def snapshot(self) -> dict[str, Any]:
-        raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
-
-    def previous_run(self) -> Any:
-        raise WorkflowRuntimeError("a step's Context cannot start another run")
-
-
-

@@ -13,11 +13,11 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from ._errors import WorkflowValidationError
-from ._events import Event
+from .errors import WorkflowValidationError
+from .events import Event
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from .workflow import Workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,7 +142,7 @@ def _type_hints(name: str, fn: Callable[..., Any], localns: dict[str, Any] | Non
 
 
 def _is_context(ann: Any) -> bool:
-    from ._context import Context
+    from .context import Context
 
     origin = typing.get_origin(ann) or ann
     return isinstance(origin, type) and issubclass(origin, Context)

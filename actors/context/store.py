@@ -1,0 +1,75 @@
+"""``ctx.store``: the run-wide key/value store and typed state, with blocking twins for ``def`` steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .backend import MISSING
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+class Store:
+    """The run-wide key/value store. Values are copied (pickled) on every get and set, because steps run
+    in other processes: mutate a value you got, then ``set`` it back."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Context[Any]) -> None:
+        self._ctx = ctx
+
+    async def get(self, key: str, default: Any = MISSING) -> Any:
+        """The value at ``key`` (dotted keys reach into nested dicts); ``default`` or KeyError if absent."""
+        return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get", key, default))
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` at ``key`` for every step of this run."""
+        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set", key, value))
+
+    def get_sync(self, key: str, default: Any = MISSING) -> Any:
+        """Blocking twin of ``get``, for plain ``def`` steps."""
+        return self._ctx._backend_or_raise().store_call("get", key, default).result()
+
+    def set_sync(self, key: str, value: Any) -> None:
+        """Blocking twin of ``set``, for plain ``def`` steps."""
+        self._ctx._backend_or_raise().store_call("set", key, value).result()
+
+    async def get_state(self) -> Any:
+        """A copy of the whole state: the ``Context[State]`` model, or the dict of keys."""
+        return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get_state"))
+
+    async def set_state(self, state: Any) -> None:
+        """Replace the whole state (an instance of the workflow's state type, or a dict)."""
+        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set_state", state))
+
+    @contextlib.asynccontextmanager
+    async def edit_state(self) -> AsyncIterator[Any]:
+        """``async with ctx.store.edit_state() as state:`` edit a copy of the state while holding the run's
+        state lock; the copy is saved on exit, or dropped if the block raises. Atomic across every step of
+        the run, wherever it runs (the lock lives in the supervisor)."""
+        backend = self._ctx._backend_or_raise()
+        state = await asyncio.wrap_future(backend.store_call("lock_state"))
+        try:
+            yield state
+            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
+        except BaseException:
+            await asyncio.shield(asyncio.wrap_future(backend.store_call("unlock_state", MISSING)))
+            raise
+        await asyncio.wrap_future(saving)
+
+    @contextlib.contextmanager
+    def edit_state_sync(self) -> Iterator[Any]:
+        """Blocking twin of ``edit_state``, for plain ``def`` steps."""
+        backend = self._ctx._backend_or_raise()
+        state = backend.store_call("lock_state").result()
+        try:
+            yield state
+            saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
+        except BaseException:
+            backend.store_call("unlock_state", MISSING).result()
+            raise
+        saving.result()

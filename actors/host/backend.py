@@ -1,0 +1,76 @@
+"""A step's ``Context`` backend inside a worker: fire-and-forget sends, request/reply for run state."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING, Any
+
+from ..context import Suspend, WaitRequest
+from ..errors import PayloadError, WorkflowRuntimeError
+from ..events import Event
+from .protocol import Emit, Invoke, Publish
+
+if TYPE_CHECKING:
+    from ..workflow import WorkflowSpec
+    from .host import ActorHost
+
+
+class WorkerBackend:
+    """A step's Context backend inside a worker: fire-and-forget sends, request/reply for run state."""
+
+    __slots__ = ("host", "msg", "wspec", "_waits")
+
+    def __init__(self, host: ActorHost, msg: Invoke, wspec: WorkflowSpec) -> None:
+        self.host = host
+        self.msg = msg
+        self.wspec = wspec
+        self._waits = 0
+
+    def _pack_event(self, event: Event, what: str) -> Any:
+        try:
+            return self.host.mailbox.pack(event)
+        except PayloadError as exc:
+            raise PayloadError(f"step '{self.msg.step}': {what}({type(event).__name__}) cannot be "
+                               f"pickled: {exc}") from exc
+
+    def send_event(self, event: Event, step: str | None) -> None:
+        self.wspec.check_target(type(event), step)
+        self.host.mailbox.send(Emit(self.msg.inv, self._pack_event(event, "send_event"), step))
+
+    def write_event_to_stream(self, event: Event) -> None:
+        packed = self._pack_event(event, "write_event_to_stream")
+        self.host.mailbox.send(Publish(self.msg.inv, packed))
+
+    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
+                       ) -> list[Event] | None:
+        fut = self.host.request(self.msg.inv, "collect", buffer_id or self.msg.step, event, expected)
+        result: list[Event] | None = self.host.wait(fut)
+        return result
+
+    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        try:
+            return self.host.request(self.msg.inv, op, *args)
+        except PayloadError as exc:
+            what = f"store.{op}({args[0]!r})" if op == "set" else f"store.{op}()"
+            raise PayloadError(f"step '{self.msg.step}': {what}: the value cannot be stored, it cannot be "
+                               f"pickled: {exc}") from exc
+
+    def wait_for_event(self, wait: WaitRequest) -> Event:
+        waiter_id = wait.waiter_id
+        if waiter_id is None:
+            # Stable across re-runs of this invocation: the n-th wait of the lineage.
+            waiter_id = f"{self.msg.lineage or self.msg.inv}:{self._waits}"
+            self._waits += 1
+        for wid, packed in self.msg.resumed:
+            if wid == waiter_id:
+                value = self.host.mailbox.unpack(packed)
+                if isinstance(value, BaseException):
+                    raise value
+                return value  # type: ignore[no-any-return]
+        raise Suspend(wait, waiter_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
+
+    def previous_run(self) -> Any:
+        raise WorkflowRuntimeError("a step's Context cannot start another run")

@@ -1,0 +1,1 @@
+"""A run's state, owned by the supervisor thread: status, invocations, store, snapshots."""
