@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     try:
-        from runtime._ray import RayRuntime
+        from runtime import RayRuntime
     except ImportError:
         print("ray is not installed: pip install -e '.[ray]'", file=sys.stderr)
         return 2
