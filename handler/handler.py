@@ -19,6 +19,8 @@ from actors import (
 from actors.host import WaitRequest, bind_context
 from runtime import END, RunAdapter
 
+from .callbacks import callbacks
+
 if TYPE_CHECKING:
     from actors import Workflow
     from actors.host import WorkflowSpec
@@ -48,20 +50,27 @@ async def wait_future(fut: concurrent.futures.Future[T]) -> T:
 
 
 class _CallerBackend:
-    """``handler.ctx``'s backend: the caller's side of the run, through the adapter."""
+    """``handler.ctx``'s backend: the caller's side of the run, through the adapter. Every call waits for
+    the supervisor's answer, so its error reaches the caller (nothing is fired and forgotten)."""
 
-    def __init__(self, adapter: RunAdapter, wspec: WorkflowSpec) -> None:
-        self.adapter, self.wspec = adapter, wspec
+    def __init__(self, adapter: RunAdapter, wspec: WorkflowSpec, guard: Callable[[], bool]) -> None:
+        self.adapter, self.wspec, self._guard = adapter, wspec, guard
+
+    def wait(self, fut: concurrent.futures.Future[T]) -> T:
+        if self._guard() and not fut.done():
+            raise RuntimeError("a blocking call on handler.ctx would block the runtime's own thread "
+                               "(a deadlock); use the async API there")
+        return fut.result()
 
     def send_event(self, event: Event, step: str | None) -> None:
-        self.adapter.send_event(event, step)
+        self.wait(self.adapter.send_event(event, step))
 
     def write_event_to_stream(self, event: Event) -> None:
-        self.adapter.write_event_to_stream(event)
+        self.wait(self.adapter.write_event_to_stream(event))
 
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:
-        return self.adapter.collect_events(event, expected, buffer_id)
+        return self.wait(self.adapter.store_call("collect", buffer_id or "_caller", event, expected))
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         return self.adapter.store_call(op, *args)
@@ -102,7 +111,7 @@ class WorkflowHandler(Awaitable[Any]):
         self._adapter = adapter
         self._on_engine_thread = guard
         self.run_id = adapter.run_id
-        self._backend = _CallerBackend(adapter, wspec)
+        self._backend = _CallerBackend(adapter, wspec, guard)
         self._ctx = bind_context(self._backend, workflow)
         self._stream_lock = threading.Lock()
         self._all_events_consumed = False
@@ -234,13 +243,18 @@ class WorkflowHandler(Awaitable[Any]):
         return self._adapter.abort().result()
 
     def add_done_callback(self, fn: Callable[[WorkflowHandler], object]) -> None:
-        """Call ``fn(handler)`` once when the run ends (at once if it has); from the thread that ends it."""
-        self._adapter.result.add_done_callback(lambda _: fn(self))
+        """Call ``fn(handler)`` once when the run has ended: at once in this thread if it has (as
+        ``concurrent.futures.Future`` does), else later on procflow's callback thread (never the runtime's
+        own), where it may block and may raise (what it raises is logged). See ``handler.callbacks``."""
+        if self._adapter.result.done():
+            callbacks.call_now(fn, self)
+            return
+        self._adapter.result.add_done_callback(lambda _: callbacks.submit(fn, self))
 
     def send_event_sync(self, event: Event, step: str | None = None) -> None:
         """Blocking twin of ``send_event``."""
         self._check_thread("send_event_sync")
-        self._adapter.send_event(event, step).result()
+        self._adapter.send_event(event, step).result()  # raises what the supervisor refused
 
     def cancel_run_sync(self, timeout: float = 5.0) -> None:
         """Blocking twin of ``cancel_run``."""

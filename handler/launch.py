@@ -31,7 +31,7 @@ def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEv
             f"{wspec.name} starts from {start_type.__name__}, not {type(start_event).__name__}")
     engine: Engine = workflow.runtime if workflow.runtime is not None else get_default_runtime()
     adapter = engine.start_run(workflow, start_event, ctx)
-    guard = getattr(engine, "_on_engine_thread", lambda: False)
+    guard = engine.on_engine_thread
     handler = WorkflowHandler._create(workflow, adapter, wspec, guard)
     if ctx is not None:
         # The caller's Context now follows this run: reusing it for the next run carries the state on.

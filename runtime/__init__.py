@@ -1,12 +1,13 @@
-"""The process pool, the per-worker channels and wire protocol, the supervisor loop, run state, adapters.
+"""The engine: ``ProcessRuntime`` (a supervisor loop and a pool of worker processes) behind the adapter
+contract the handler talks to (``Engine``, ``RunAdapter``, ``EventStream``).
 
 ``RayRuntime`` (the ``ray`` extra) is resolved on first access, so ``import runtime`` never imports ray.
 """
 
+from runtime.default import get_default_runtime, shutdown_default_runtime
 from runtime.engine import Engine, RunAdapter
-from runtime.process_runtime import (
-    ProcessRunAdapter, ProcessRuntime, get_default_runtime, shutdown_default_runtime,
-)
+from runtime.process_adapter import ProcessRunAdapter
+from runtime.process_runtime import ProcessRuntime
 from runtime.stream import END, EventStream
 
 __all__ = [

@@ -38,8 +38,8 @@ class RunAdapter(ABC):
         """Route ``event`` into the run, as a step's ``ctx.send_event`` would."""
 
     @abstractmethod
-    def write_event_to_stream(self, event: Event) -> None:
-        """Publish ``event`` on the run's stream."""
+    def write_event_to_stream(self, event: Event) -> concurrent.futures.Future[None]:
+        """Publish ``event`` on the run's stream (fails when the run is not running)."""
 
     @abstractmethod
     def cancel(self) -> concurrent.futures.Future[None]:
@@ -81,3 +81,7 @@ class Engine(ABC):
     @abstractmethod
     def shutdown(self) -> None:
         """Stop the engine and everything it started."""
+
+    def on_engine_thread(self) -> bool:
+        """Whether the calling thread is the engine's own (where a blocking wait would deadlock)."""
+        return False

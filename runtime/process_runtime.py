@@ -1,35 +1,35 @@
 """``ProcessRuntime``: the engine that runs workflows on a pool of worker processes.
 
-One runtime = one supervisor thread + one pool. Runs from every thread share it. The default runtime is made
-on first use by ``Workflow.run()`` and shut down at interpreter exit; make your own to choose its size or
-start method, and pass it as ``Workflow(runtime=...)``.
+One runtime = one supervisor thread + one pool. Runs from every thread share it. The default runtime
+(``runtime.default``) is made on first use by ``Workflow.run()`` and shut down at interpreter exit; make your
+own to choose its size or start method, and pass it as ``Workflow(runtime=...)``.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import concurrent.futures
 import enum
 import itertools
 import os
 import threading
+import time
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from actors import Event, RuntimeBrokenError, StartEvent, Workflow, WorkflowRuntimeError
-from actors.host import continues_from, spec_of
+from actors import RuntimeBrokenError, StartEvent, Workflow
+from actors.host import Packed, continues_from, spec_of
 
+from runtime.default import register
 from runtime.engine import Engine, RunAdapter
 from runtime.pool.link import Launcher
+from runtime.process_adapter import ProcessRunAdapter
+from runtime.run.snapshot import seed
 from runtime.run.state import RunState
-from runtime.run.snapshot import carry, seed, to_dict
-from runtime.stream import EventStream
 from runtime.supervisor.supervisor import Supervisor, SupervisorState
 
 if TYPE_CHECKING:
-    from actors import Context, StopEvent
+    from actors import Context
 
 
 class RuntimeState(enum.Enum):
@@ -71,8 +71,8 @@ class ProcessRuntime(Engine):
         # on this same thread.
         self._lock = threading.RLock()
         self._keys = itertools.count(1)
-        self._workflow_keys: dict[int, int] = {}  # id(workflow) -> key, while the workflow lives
-        _ALL.add(self)
+        self._workflow_keys: dict[int, tuple[int, Packed]] = {}  # id(workflow) -> key, definition
+        register(self)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def start(self, wait: bool = False, timeout: float = 60.0) -> ProcessRuntime:
@@ -89,15 +89,17 @@ class ProcessRuntime(Engine):
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every worker is up (the pool is warm)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while self._sup.call(self._sup.pool.ready_count).result(timeout) < self.workers:
             if self._sup.state is not SupervisorState.RUNNING:
-                raise RuntimeBrokenError(self._sup._broken_message())
+                raise RuntimeBrokenError(self._sup.broken_message())
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the pool's {self.workers} workers were not ready within {timeout} s")
             time.sleep(0.005)
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._state is RuntimeState.SHUT_DOWN
 
     @property
     def broken(self) -> bool:
@@ -112,19 +114,7 @@ class ProcessRuntime(Engine):
             self._state = RuntimeState.SHUT_DOWN
         if not started:
             self._sup.state = SupervisorState.CLOSED
-            return
-        if self._sup.in_loop_thread():
-            raise RuntimeError("shutdown() cannot be called from the supervisor's own thread")
-        import asyncio
-
-        loop = self._sup.loop
-        try:
-            asyncio.run_coroutine_threadsafe(self._sup.close(timeout), loop).result(timeout + 5)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            self._sup.thread.join(timeout + 5)
-            if not self._sup.thread.is_alive():
-                loop.close()
+        self._sup.close(timeout)
 
     def __enter__(self) -> ProcessRuntime:
         return self.start()
@@ -132,7 +122,7 @@ class ProcessRuntime(Engine):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def _on_engine_thread(self) -> bool:
+    def on_engine_thread(self) -> bool:
         """Whether the caller is the supervisor's own thread (where blocking would deadlock)."""
         return self._sup.in_loop_thread()
 
@@ -150,133 +140,39 @@ class ProcessRuntime(Engine):
                   ) -> RunAdapter:
         self.start()
         wspec = spec_of(workflow)
-        key = self._workflow_key(workflow, wspec.event_types())
+        key, definition = self._workflow_key(workflow, wspec.event_types())
         packed = self._sup.codec.pack(start_event)
         adapter = ProcessRunAdapter(self._sup, uuid.uuid4().hex, workflow)
-        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed,
+        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed, definition,
                        store=wspec.state_type() if wspec.state_type else {})
-        adapter._run = run
+        adapter.run = run
         if ctx is not None:
             previous, data = continues_from(ctx)
             if isinstance(previous, RunState):
-                carry(run, previous)
+                run.previous = previous  # read on the supervisor thread, which owns it
             else:
-                seed(run, data, self._sup.codec)
-        self._sup.call(self._sup.begin, run)
+                seed(run, data, self._sup.codec)  # the snapshot is the caller's: read it here
+        begun = self._sup.call(self._sup.begin, run)
+        begun.add_done_callback(adapter.begun)
         return adapter
 
-    def _workflow_key(self, workflow: Workflow, event_types: set[type]) -> int:
-        """The key workers know this workflow object by; shipped (cloudpickled) once per object."""
+    def _workflow_key(self, workflow: Workflow, event_types: set[type]) -> tuple[int, Packed]:
+        """The key workers know this workflow object by, and its definition (cloudpickled once per
+        object; every run carries it, so no run can reach a worker before its definition does)."""
         with self._lock:
-            key = self._workflow_keys.get(id(workflow))
-            if key is not None:
-                return key
+            known = self._workflow_keys.get(id(workflow))
+            if known is not None:
+                return known
             key = next(self._keys)
             definition = self._sup.codec.pack_definition(workflow, spec_of(workflow),
                                                          event_types | {StartEvent})
-            self._workflow_keys[id(workflow)] = key
+            self._workflow_keys[id(workflow)] = (key, definition)
         weakref.finalize(workflow, self._forget, id(workflow), key)
-        self._sup.call(self._sup.install, key, definition)
-        return key
+        return key, definition
 
     def _forget(self, ident: int, key: int) -> None:
         with self._lock:
-            if self._workflow_keys.get(ident) == key:
+            known = self._workflow_keys.get(ident)
+            if known is not None and known[0] == key:
                 del self._workflow_keys[ident]
-        try:
-            self._sup.call(self._sup.forget, key)
-        except RuntimeBrokenError:
-            pass  # shut down already: nothing to forget
-
-
-class ProcessRunAdapter(RunAdapter):
-    """A run on a ``ProcessRuntime``; every call goes through the supervisor's door."""
-
-    def __init__(self, sup: Supervisor, run_id: str, workflow: Workflow) -> None:
-        self._sup = sup
-        self.run_id = run_id
-        self.workflow = workflow
-        self.result: concurrent.futures.Future[StopEvent] = concurrent.futures.Future()
-        self.events = EventStream()
-        self.stop_event = None
-        self._run: RunState | None = None  # set once by start_run; read on the supervisor thread only
-        self._final_run: RunState | None = None
-
-    def send_event(self, event: Event, step: str | None = None) -> concurrent.futures.Future[None]:
-        spec_of(self.workflow).check_target(type(event), step)
-        packed = self._sup.codec.pack(event)
-        return self._sup.call(self._sup.send_event, self.run_id, event, packed, step)
-
-    def write_event_to_stream(self, event: Event) -> None:
-        self._sup.call(self._sup.publish, self.run_id, event)
-
-    def cancel(self) -> concurrent.futures.Future[None]:
-        return self._sup.call(self._sup.cancel, self.run_id)
-
-    def abort(self) -> concurrent.futures.Future[bool]:
-        if self.result.done():
-            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            done.set_result(False)
-            return done
-        return self._sup.call(self._sup.abort, self.run_id)
-
-    def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._sup.call(self._sup.caller_state_op, self._run, op, args, fut)
-        return fut
-
-    def previous_run(self) -> RunState:
-        run = self._final_run
-        if run is None:
-            raise WorkflowRuntimeError(
-                f"run {self.run_id} is still going: a Context can start a new run once its run has ended")
-        return run
-
-    def snapshot(self) -> dict[str, Any]:
-        run = self._final_run
-        if run is None:
-            raise WorkflowRuntimeError(
-                f"run {self.run_id} is still going: to_dict() needs a run that has ended (stop it "
-                "gracefully with cancel_run() first)")
-        return to_dict(run, self._sup.codec)
-
-    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
-                       ) -> list[Event] | None:
-        result: list[Event] | None = self.store_call(
-            "collect", buffer_id or "_caller", event, expected).result()
-        return result
-
-
-# --- the default runtime -----------------------------------------------------------------------------
-_ALL: weakref.WeakSet[ProcessRuntime] = weakref.WeakSet()
-_default: ProcessRuntime | None = None
-_default_lock = threading.Lock()
-
-
-def get_default_runtime() -> ProcessRuntime:
-    """The runtime ``Workflow.run()`` uses when the workflow names none; replaced if broken."""
-    global _default
-    with _default_lock:
-        if _default is None or _default.broken or _default._state is RuntimeState.SHUT_DOWN:
-            if _default is not None:
-                _default.shutdown()
-            _default = ProcessRuntime()
-        return _default
-
-
-def shutdown_default_runtime() -> None:
-    """Shut the default runtime down now (it is made again on the next run)."""
-    global _default
-    with _default_lock:
-        rt, _default = _default, None
-    if rt is not None:
-        rt.shutdown()
-
-
-@atexit.register
-def _shutdown_all() -> None:
-    for rt in list(_ALL):
-        try:
-            rt.shutdown(timeout=2.0)
-        except Exception:  # noqa: BLE001 -- at exit, finish the others whatever one does
-            pass
+        self._sup.call(self._sup.forget, key)  # refused once shut down: nothing to forget then

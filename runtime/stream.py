@@ -1,17 +1,45 @@
 """A run's published-event stream: written by the supervisor thread, read from any thread or loop.
 
-Events are consumed: each one goes to exactly one reader (several concurrent readers split the stream and
-together see every event once). ``close()`` ends it; readers drain what is left, then see ``END``.
+    supervisor thread --put(event) / put_packed(Packed)--> memory FIFO --(over the memory bound)--> spill file
+    reader (any thread or loop) <--get() / aget()-- memory FIFO, then the spill file, in order
+
+Events are consumed: each goes to exactly one reader (concurrent readers split the stream and together see
+every event once). ``close()`` ends it; readers drain what is left, then see ``END``.
+
+Two promises, by construction:
+
+- **Nothing user-defined runs on the supervisor thread.** Events a step streams arrive pickled and stay
+  pickled (``put_packed``) until a reader takes them: the reader's thread unpickles them.
+- **An unread stream holds bounded memory, and loses nothing.** Past ``memory_limit`` bytes waiting in
+  memory, further items are appended to an anonymous temporary file (deleted by the OS when closed) and read
+  back in order. Writing never blocks a producer on a reader, so a run that nobody streams cannot stall a
+  worker, and the memory it holds stays under the bound; the disk holds the rest until the run's handler
+  is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pickle
+import struct
+import tempfile
 import threading
 from collections import deque
-from typing import Any
+from typing import IO, Any, Callable
 
 END: Any = object()
+MEMORY_LIMIT = 32 << 20  # bytes of events held in memory per unread stream before spilling to disk
+_SMALL = 256  # what an unpickled internal event is taken to weigh
+_LEN = struct.Struct("!Q")
+
+
+class _Packed:
+    """A pickled event waiting in the stream; unpickled by whoever takes it."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -19,20 +47,68 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class EventStream:
-    """Thread-safe, multi-loop FIFO of events with an end."""
+class _Spill:
+    """An append-only file of pickled items, read from the front."""
 
     def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile(prefix="procflow-stream-")
+        self.write_pos = 0
+        self.read_pos = 0
+        self.count = 0
+
+    def append(self, item: Any) -> None:
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        self.file.seek(self.write_pos)
+        self.file.write(_LEN.pack(len(data)) + data)
+        self.write_pos += _LEN.size + len(data)
+        self.count += 1
+
+    def pop(self) -> Any:
+        self.file.seek(self.read_pos)
+        (n,) = _LEN.unpack(self.file.read(_LEN.size))
+        item = pickle.loads(self.file.read(n))
+        self.read_pos += _LEN.size + n
+        self.count -= 1
+        return item
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class EventStream:
+    """Thread-safe, multi-loop FIFO of events with an end, bounded in memory."""
+
+    def __init__(self, decode: Callable[[Any], Any] | None = None, memory_limit: int = MEMORY_LIMIT) -> None:
         self._items: deque[Any] = deque()
+        self._bytes = 0
+        self._limit = memory_limit
+        self._spill: _Spill | None = None
+        self._decode = decode
         self._closed = False
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
+    # --- writing (supervisor thread) ---------------------------------------------------------------------
     def put(self, item: Any) -> None:
+        self._append(item, _SMALL)
+
+    def put_packed(self, packed: Any) -> None:
+        """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it."""
+        self._append(_Packed(packed), len(packed.data))
+
+    def _append(self, item: Any, size: int) -> None:
         with self._cond:
             if self._closed:
                 return
-            self._items.append(item)
+            if self._spill is not None and self._spill.count:
+                self._spill.append(item)  # the order holds: older items are already on disk
+            elif self._bytes + size > self._limit and self._items:
+                if self._spill is None:
+                    self._spill = _Spill()
+                self._spill.append(item)
+            else:
+                self._items.append((item, size))
+                self._bytes += size
             self._wake_locked()
 
     def close(self) -> None:
@@ -49,22 +125,53 @@ class EventStream:
             except RuntimeError:
                 pass  # that reader's loop is closed: nobody is waiting there any more
 
+    # --- reading (any thread) ----------------------------------------------------------------------------
+    def _available(self) -> bool:
+        return bool(self._items) or (self._spill is not None and self._spill.count > 0)
+
+    def _take_locked(self) -> Any:
+        if self._items:
+            item, size = self._items.popleft()
+            self._bytes -= size
+            return item
+        if self._spill is not None and self._spill.count:
+            return self._spill.pop()
+        return END
+
+    def _finish(self, item: Any) -> Any:
+        # Outside the lock, on the reader's thread: the one place a streamed event is unpickled.
+        if isinstance(item, _Packed):
+            assert self._decode is not None
+            return self._decode(item.payload)
+        return item
+
     def get(self, timeout: float | None = None) -> Any:
         """The next event, or ``END``; raises TimeoutError when nothing came within ``timeout``."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+            if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):
                 raise TimeoutError(f"no event within {timeout} s")
-            return self._items.popleft() if self._items else END
+            item = self._take_locked()
+        return self._finish(item)
 
     async def aget(self) -> Any:
         """The next event, or ``END``, on whatever loop awaits it."""
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
-                if self._items:
-                    return self._items.popleft()
-                if self._closed:
-                    return END
+                if self._available() or self._closed:
+                    item = self._take_locked()
+                    break
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
             await fut
+        return self._finish(item)
+
+    def buffered_bytes(self) -> int:
+        """Bytes of events waiting in memory (not counting what spilled to disk)."""
+        with self._cond:
+            return self._bytes
+
+    def __del__(self) -> None:
+        spill = self._spill
+        if spill is not None:
+            spill.close()

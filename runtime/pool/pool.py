@@ -12,15 +12,26 @@ group and to every descendant psutil saw) and idempotent. Crashes that were not 
 budget (at most ``max_restarts`` in ``restart_window`` seconds, as Erlang supervisors do); past it the pool
 stops respawning and the runtime is broken.
 
-Everything here runs on the supervisor's loop thread, except ``spawn_process``.
+Placement (``Placement``, computed afresh on every scheduling pass, never stored on a worker): a ``def``
+invocation gets an idle worker to itself, so that killing that worker stops exactly that run's step; async
+invocations share READY workers that run no ``def`` step. While ``def`` invocations wait, as many idle workers
+are held back for them, and if none is idle the READY worker with the fewest async invocations takes no new
+async work, so a stream of async work cannot starve ``def`` steps.
+
+Everything here runs on the supervisor's loop thread, except ``Launcher.launch`` (an executor thread) and
+the signals of a kill (one signalling thread, in order: the /proc walk that finds a worker's descendants
+must not stall the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from actors.host import Ready
@@ -30,6 +41,21 @@ from runtime.pool.link import Launcher
 from runtime.pool.worker import Worker, WorkerState
 
 log = logging.getLogger("procflow")
+
+class PoolState(enum.Enum):
+    """OPEN (respawns the dead) -> EXHAUSTED (restart budget spent: no more respawns) -> CLOSED."""
+
+    OPEN = "open"
+    EXHAUSTED = "exhausted"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class Placement:
+    """One scheduling pass's view of where work may go: the workers held back for waiting ``def`` work."""
+
+    held: set[Worker] = field(default_factory=set)
+
 
 class Pool:
     """The workers, on the supervisor loop. Calls back ``on_message(worker, msg)``, ``on_ready(worker)``,
@@ -45,13 +71,16 @@ class Pool:
         self._on_broken = on_broken
         self.workers: list[Worker | None] = [None] * size
         self._spawning: set[int] = set()
-        self.respawn = True
-        self.closed = False
+        self.state = PoolState.OPEN
+        self._signaller = ThreadPoolExecutor(1, thread_name_prefix="procflow-kill")
+        self._retire_reasons: dict[Worker, tuple[str, Callable[[Worker], bool]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def fill(self) -> None:
+        if self.state is not PoolState.OPEN:
+            return
         for index, worker in enumerate(self.workers):
-            if worker is None and index not in self._spawning and self.respawn:
+            if worker is None and index not in self._spawning:
                 self._spawning.add(index)
                 fut = self.loop.run_in_executor(None, self.launcher.launch, index)
                 fut.add_done_callback(functools.partial(self._attach, index))
@@ -60,7 +89,7 @@ class Pool:
         self._spawning.discard(index)
         exc = fut.exception()
         if exc is not None:
-            if self.closed:
+            if self.state is PoolState.CLOSED:
                 return  # a start interrupted by shutdown
             log.error("procflow: starting worker %d failed: %r", index, exc)
             self._crashed(f"starting a worker process failed: {exc!r}")
@@ -71,33 +100,35 @@ class Pool:
         worker = Worker(index, link, link.pid)
         holder.append(worker)
         self.workers[index] = worker
-        if self.closed:
+        if self.state is PoolState.CLOSED:
             self.kill(worker, "the pool closed while the worker was starting")
 
     def _crashed(self, what: str) -> None:
         """Spend the restart budget on an unexpected death; past it, stop respawning and say so."""
-        if self.respawn and not self.budget.spend():
-            self.respawn = False
+        if self.state is not PoolState.OPEN:
+            return
+        if not self.budget.spend():
+            self.state = PoolState.EXHAUSTED
             self._on_broken(
                 f"worker processes died {self.budget.max_restarts + 1} times within "
                 f"{self.budget.window:g} s (last: {what}); the pool stopped respawning them")
-        elif self.respawn and not self.closed:
+        else:
             self.loop.call_later(0.05, self.fill)
 
     def _dispatch(self, worker: Worker, msg: object) -> None:
         if worker.state is WorkerState.STARTING:
-            worker.state = WorkerState.READY
+            worker.become(WorkerState.READY)
             self._on_ready(worker)
-        elif worker.state is WorkerState.READY or not isinstance(msg, Ready):
+        elif not isinstance(msg, Ready):
             self._on_message(worker, msg)
-        # else: the Ready of a worker killed while it started (the pool closed): nothing to do
+        # else: the Ready of a worker killed while it started: nothing to do
 
     def _died(self, worker: Worker) -> None:
         if worker.state is WorkerState.DEAD:
             return
         worker.link.close()
         expected = worker.kill_reason is not None
-        worker.state = WorkerState.DEAD
+        worker.become(WorkerState.DEAD)
         if self.workers[worker.index] is worker:
             self.workers[worker.index] = None
         self._on_death(worker, expected)
@@ -105,7 +136,7 @@ class Pool:
             log.warning("procflow: worker %d (pid %d) died unexpectedly: %s",
                         worker.index, worker.pid, worker.describe_exit())
             self._crashed(f"worker pid {worker.pid} {worker.describe_exit()}")
-        elif not self.closed:
+        else:
             self.fill()
 
     def kill(self, worker: Worker, reason: str) -> None:
@@ -113,14 +144,36 @@ class Pool:
         if worker.kill_reason is not None or worker.state is WorkerState.DEAD:
             return
         worker.kill_reason = reason
-        worker.state = WorkerState.DYING
+        worker.become(WorkerState.DYING)
         log.info("procflow: killing worker %d (pid %d): %s", worker.index, worker.pid, reason)
-        worker.link.signal(signal.SIGTERM)
+        self._signal(worker, signal.SIGTERM)
         self.loop.call_later(self.kill_grace, self._escalate, worker)
+
+    def retire(self, worker: Worker, reason: str, still_needed: Callable[[Worker], bool]) -> None:
+        """Take no new work on ``worker``, and kill it as soon as ``still_needed(worker)`` is False (now,
+        or at a later ``check_retired``). Used when one run's step will not stop: the worker may be
+        hosting other runs' work, which must finish undisturbed."""
+        if worker.state is WorkerState.READY:
+            worker.become(WorkerState.RETIRING)
+            worker.kill_reason = None
+            self._retire_reasons[worker] = (reason, still_needed)
+        self.check_retired(worker)
+
+    def check_retired(self, worker: Worker) -> None:
+        entry = self._retire_reasons.get(worker)
+        if entry is not None and worker.state is WorkerState.RETIRING and not entry[1](worker):
+            del self._retire_reasons[worker]
+            self.kill(worker, entry[0])
 
     def _escalate(self, worker: Worker) -> None:
         if worker.state is not WorkerState.DEAD:
-            worker.link.signal(signal.SIGKILL)
+            self._signal(worker, signal.SIGKILL)
+
+    def _signal(self, worker: Worker, sig: int) -> None:
+        try:
+            self._signaller.submit(worker.link.signal, sig)
+        except RuntimeError:  # the signaller is shut down: signal from here
+            worker.link.signal(sig)
 
     def force_kill(self, worker: Worker) -> None:
         """SIGKILL now, whatever state the kill is in."""
@@ -132,41 +185,44 @@ class Pool:
 
     def close(self) -> None:
         """Stop respawning; the caller ends the workers."""
-        self.closed = True
-        self.respawn = False
+        self.state = PoolState.CLOSED
+
+    def shutdown_signaller(self) -> None:
+        self._signaller.shutdown(wait=True)
 
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w is not None and w.state is not WorkerState.DEAD]
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers if w is not None and w.state is WorkerState.READY)
+        return sum(1 for w in self.workers if w is not None and w.ready)
 
     # --- placement -------------------------------------------------------------------------------------
-    def place(self, is_async: bool) -> Worker | None:
-        """A worker that can take an invocation now, or None.
+    def placement(self, waiting_sync: int) -> Placement:
+        """This pass's ``Placement`` when ``waiting_sync`` ``def`` invocations wait (see the docstring)."""
+        plan = Placement()
+        if not waiting_sync:
+            return plan
+        ready = [w for w in self.workers if w is not None and w.ready]
+        idle = [w for w in ready if w.idle()]
+        if idle:
+            plan.held.update(idle[:waiting_sync])
+        else:
+            open_ = [w for w in ready if w.sync_inv is None]
+            if open_:
+                plan.held.add(min(open_, key=lambda w: len(w.async_invs)))
+        return plan
 
-        A plain ``def`` step gets a worker to itself: killing that worker (hard cancel, timeout) then
-        stops exactly that run's step and nothing of another run's. Async steps share workers, up to
-        ``async_capacity`` each, on workers that run no ``def`` step and are not draining for one.
-        """
-        ready = [w for w in self.workers if w is not None and w.state is WorkerState.READY]
-        if is_async:
-            open_ = [w for w in ready if w.sync_inv is None and not w.draining
-                     and len(w.async_invs) < self.async_capacity]
-            return min(open_, key=lambda w: len(w.async_invs), default=None)
-        for w in ready:
-            if w.idle():
-                w.draining = False
-                return w
-        # No idle worker: drain one (no new async work) so that this step is not starved by async steps.
-        if not any(w.draining for w in ready):
-            candidates = [w for w in ready if w.sync_inv is None]
-            if candidates:
-                min(candidates, key=lambda w: len(w.async_invs)).draining = True
-        return None
+    def place(self, is_async: bool, plan: Placement) -> Worker | None:
+        """A worker that can take an invocation now, or None."""
+        ready = [w for w in self.workers if w is not None and w.ready]
+        if not is_async:
+            return next((w for w in ready if w.idle()), None)
+        open_ = [w for w in ready if w.sync_inv is None and w not in plan.held
+                 and len(w.async_invs) < self.async_capacity]
+        return min(open_, key=lambda w: len(w.async_invs), default=None)
 
-    def has_room(self) -> bool:
+    def has_room(self, plan: Placement) -> bool:
         """Whether any invocation could be placed now."""
-        return any(w is not None and w.state is WorkerState.READY and w.sync_inv is None
-                   and (w.idle() or (not w.draining and len(w.async_invs) < self.async_capacity))
+        return any(w is not None and w.ready and w.sync_inv is None
+                   and (w.idle() or (w not in plan.held and len(w.async_invs) < self.async_capacity))
                    for w in self.workers)

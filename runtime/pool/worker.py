@@ -1,4 +1,11 @@
-"""One worker as the supervisor sees it: its link, its lifecycle state and the invocations it holds."""
+"""One worker as the supervisor sees it: its link, its lifecycle state and the invocations it holds.
+
+    STARTING --Ready--> READY --retire()--> RETIRING --(holds no live run's work)--> DYING --> DEAD
+    STARTING | READY | RETIRING --kill()--> DYING --(death seen)--> DEAD;  any state --(death seen)--> DEAD
+
+Only READY workers take new invocations. A RETIRING worker keeps running what it holds (other runs' work
+must not be disturbed) and is killed by the pool once none of it belongs to a live run.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +21,49 @@ if TYPE_CHECKING:
 class WorkerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
+    RETIRING = "retiring"
     DYING = "dying"
     DEAD = "dead"
 
 
+_LEGAL: dict[WorkerState, set[WorkerState]] = {
+    WorkerState.STARTING: {WorkerState.READY, WorkerState.DYING, WorkerState.DEAD},
+    WorkerState.READY: {WorkerState.RETIRING, WorkerState.DYING, WorkerState.DEAD},
+    WorkerState.RETIRING: {WorkerState.DYING, WorkerState.DEAD},
+    WorkerState.DYING: {WorkerState.DEAD},
+    WorkerState.DEAD: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A lifecycle was asked to move where its state machine has no arrow: a bug in procflow."""
+
+
 @dataclass(eq=False, slots=True)
 class Worker:
-    """One worker process as the supervisor sees it."""
+    """One worker process as the supervisor sees it. Touched only on the supervisor thread."""
 
     index: int
     link: WorkerLink
     pid: int
     state: WorkerState = WorkerState.STARTING
-    sync_inv: Invocation | None = None
+    sync_inv: Invocation | None = None  # the one ``def`` invocation it runs; then it runs nothing else
     async_invs: set[int] = field(default_factory=set)
-    loaded: set[int] = field(default_factory=set)
-    draining: bool = False
+    loaded: set[int] = field(default_factory=set)  # workflow keys whose definition it holds
     kill_reason: str | None = None
+
+    def become(self, to: WorkerState) -> None:
+        if to not in _LEGAL[self.state]:
+            raise IllegalTransition(f"worker {self.index} (pid {self.pid}) cannot go from "
+                                    f"{self.state.value} to {to.value}")
+        self.state = to
 
     def idle(self) -> bool:
         return self.sync_inv is None and not self.async_invs
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.READY
 
     def send(self, msg: object) -> None:
         self.link.send(msg)

@@ -82,7 +82,7 @@ def to_dict(run: RunState, codec: Codec) -> dict[str, Any]:
             leftovers.append({"kind": kind, "step": step, "event": ev(item)})
     return {
         "version": VERSION, "workflow": run.wspec.name, "status": run.status.value, "state": state,
-        "buffers": {k: [_event_json(e) for e in v] for k, v in run.buffers.items() if v},
+        "buffers": {k: [_event_json(e) for e in v.events()] for k, v in run.buffers.items() if v},
         "waiters": waiters, "leftovers": leftovers,
     }
 
@@ -114,7 +114,7 @@ def seed(run: RunState, data: dict[str, Any], codec: Codec) -> None:
     if not resume:
         return
     for key, events in data.get("buffers", {}).items():
-        run.buffers[key] = [event(e) for e in events]
+        run.buffers.restore(key, [event(e) for e in events])
     for w in data.get("waiters", []):
         waiter = Waiter(w["step"], packed(w["input"]), w["lineage"],
                         tuple((wid, packed(a)) for wid, a in w["resumed"]), w["waiter_id"],
@@ -139,8 +139,8 @@ def carry(run: RunState, previous: RunState) -> None:
     run.store = copy.deepcopy(previous.store)
     if previous.status is not RunStatus.CANCELLED:
         return
-    for key, events in previous.buffers.items():
-        run.buffers[key] = list(events)
+    for key, buffer in previous.buffers.items():
+        run.buffers.restore(key, buffer.events())
     for event_type, waiters in previous.waiters.items():
         run.waiters[event_type] = {k: dataclasses.replace(w, timer=None) for k, w in waiters.items()}
     run.leftovers = list(previous.leftovers)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel
 
 from actors import Event, WorkflowRuntimeError
-from actors.host import MISSING
-from actors.host import Packed
+from actors.host import MISSING, Packed
+
+from runtime.run.collect import CollectBuffers
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from actors import Workflow
     from actors.host import WorkflowSpec
 
-    from runtime.engine import RunAdapter
+    from runtime.process_runtime import ProcessRunAdapter
     from runtime.pool.worker import Worker
 
 
@@ -48,6 +49,12 @@ class RunStatus(enum.Enum):
 
 
 _ENDED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+_LEGAL: dict[RunStatus, set[RunStatus]] = {
+    RunStatus.PENDING: {RunStatus.RUNNING} | _ENDED,
+    RunStatus.RUNNING: {RunStatus.CANCELLING} | _ENDED,
+    RunStatus.CANCELLING: _ENDED,
+    **{ended: set() for ended in _ENDED},
+}
 
 
 Resumed = tuple[tuple[str, Packed], ...]
@@ -78,6 +85,9 @@ class Invocation:
     lineage: int = 0
     resumed: Resumed = ()
     crashes: int = 0  # crashed workers it was on along with other invocations (see on_death)
+    # Set once anything it did reached the run (an event routed, a stream item, a store write, a collect):
+    # from then on it must never be run again from its start, or those effects would happen twice.
+    visible: bool = False
 
     @property
     def root(self) -> int:
@@ -105,16 +115,35 @@ class Waiter:
 
 
 @dataclass(eq=False, slots=True)
+class PendingRetry:
+    """A failed invocation waiting for its retry delay; it holds its step's slot meanwhile."""
+
+    timer: asyncio.TimerHandle
+    step: str
+    item: StepInput
+    attempt: int
+    first_try: float
+
+
+@dataclass(eq=False, slots=True)
 class RunState:
+    """Everything about one run. Built on the caller's thread, then owned by the supervisor thread alone
+    (handed over by ``Supervisor.begin`` through the door)."""
+
     run_id: str
     workflow: Workflow
     wspec: WorkflowSpec
     wf_key: int
-    adapter: RunAdapter
+    adapter: ProcessRunAdapter
     start_event: Packed
+    # The workflow's definition travels with every run, so a worker can always be given it: no run can
+    # reach a worker before its definition does, whatever order racing first runs arrive in.
+    definition: Packed
     status: RunStatus = RunStatus.PENDING
     store: Any = field(default_factory=dict)  # a dict, or the workflow's Context[State] model
-    buffers: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    buffers: CollectBuffers = field(default_factory=CollectBuffers)
+    retries: dict[int, PendingRetry] = field(default_factory=dict)
+    previous: RunState | None = None  # the ended run a reused Context continues from (see carry)
     queued: dict[str, deque[StepInput]] = field(default_factory=lambda: defaultdict(deque))
     active: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     invs: dict[int, Invocation] = field(default_factory=dict)
@@ -128,9 +157,8 @@ class RunState:
     leftovers: list[tuple[str, str | None, Any]] = field(default_factory=list)
 
     def transition(self, to: RunStatus) -> None:
-        if self.status.ended:
-            raise RuntimeError(f"run {self.run_id} already ended ({self.status.value}); cannot become "
-                               f"{to.value}")
+        if to not in _LEGAL[self.status]:
+            raise RuntimeError(f"run {self.run_id} cannot go from {self.status.value} to {to.value}")
         self.status = to
 
     # --- the state: requests from steps (``holder`` is the invocation id) or the caller ("caller") ---------
@@ -142,7 +170,7 @@ class RunState:
             return None
         if op == "collect":
             buffer_id, event, expected = args
-            return collect(self.buffers[buffer_id], event, expected)
+            return self.buffers[buffer_id].add(event, expected)
         if op == "get_state":
             return self.store
         if op == "set_state":
@@ -227,19 +255,3 @@ def store_set(store: dict[str, Any], key: str, value: Any) -> None:
             setattr(node, last, value)
     except Exception as exc:
         raise WorkflowRuntimeError(f"cannot set store key {key!r} to {value!r}: {exc}") from exc
-
-
-def collect(buffer: list[Event], event: Event, expected: list[type[Event]]) -> list[Event] | None:
-    """Add ``event``; when ``buffer`` holds one event per entry of ``expected`` (matched by exact type, in
-    arrival order), remove and return them in ``expected``'s order."""
-    buffer.append(event)
-    taken: list[int] = []
-    for want in expected:
-        idx = next((i for i, ev in enumerate(buffer) if type(ev) is want and i not in taken), None)
-        if idx is None:
-            return None
-        taken.append(idx)
-    out = [buffer[i] for i in taken]
-    for i in sorted(taken, reverse=True):
-        del buffer[i]
-    return out

@@ -373,10 +373,7 @@ class RayLauncher(Launcher):
                                                    math.ceil(self.workers * self.num_cpus_per_worker)))
             self._holds_session = _session_acquire(self.address, options)
             self._connected = True
-            try:
-                self._node_id = ray.get_runtime_context().get_node_id()
-            except Exception:  # noqa: BLE001 -- a Ray Client driver is on no node: no actor is "local"
-                self._node_id = None
+            self._node_id = _local_node_id()
 
     def disconnect(self) -> None:
         """Give back the connection; the last runtime using one this module opened calls ray.shutdown."""
@@ -424,6 +421,25 @@ class RayLauncher(Launcher):
     def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
                on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
         return RayLink(loop, launched, on_message, on_death)
+
+
+def _local_node_id() -> str | None:
+    """The Ray node this process runs on, or None when no actor can be on this machine for sure.
+
+    Under Ray Client (``ray://``) the runtime context answers for the *server's* node (the head), while
+    this process may be on another machine: an actor there with the same pid as a local process must
+    never be signalled through psutil here, so a client driver treats no actor as local."""
+    try:
+        from ray.util.client import ray as client
+
+        if client.is_connected():
+            return None
+    except Exception:  # noqa: BLE001 -- no client support installed: not a client
+        pass
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 -- a driver on no node: no actor is "local"
+        return None
 
 
 # --- one Ray connection per process, shared -----------------------------------------------------------------

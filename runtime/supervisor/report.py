@@ -1,0 +1,60 @@
+"""What a run tells its watchers about its steps: ``StepStateChanged`` / ``StepQueueChanged`` on its stream,
+and the ``verbose`` lines.
+
+The verbose lines are printed by a thread of their own: the supervisor thread never blocks on a terminal or
+a pipe (a reader that stops reading stdout would otherwise freeze every run).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from actors import StepQueueChanged, StepStateChanged
+
+if TYPE_CHECKING:
+    from runtime.run.state import Invocation, RunState
+
+
+class _Printer:
+    """One daemon thread printing queued lines, started on first use."""
+
+    def __init__(self) -> None:
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def print(self, line: str) -> None:
+        self._lines.put(line)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="procflow-verbose", daemon=True)
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            line = self._lines.get()
+            try:
+                print(line, file=sys.stdout, flush=True)
+            except Exception:  # noqa: BLE001 -- a closed stdout must not end the printer
+                pass
+
+
+_printer = _Printer()
+
+
+def step_changed(run: RunState, inv: Invocation, state: str) -> None:
+    pid = inv.worker.pid if inv.worker is not None else None
+    # model_construct: built from trusted values on the hot path, so validation is skipped.
+    run.adapter.events.put(StepStateChanged.model_construct(
+        step=inv.step, state=state, worker_pid=pid, input_event=inv.event.type_name, invocation=inv.inv))
+    if run.workflow.verbose:
+        _printer.print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
+                       f"(worker {pid}, input {inv.event.type_name})")
+
+
+def queue_changed(run: RunState, step: str) -> None:
+    run.adapter.events.put(StepQueueChanged.model_construct(
+        step=step, queued=len(run.queued[step]), active=run.active[step]))

@@ -1,0 +1,117 @@
+"""Scheduling: from a run's per-step queues to a worker's inbox, and back when an invocation ends.
+
+    enqueue(run, step, input) --(step under its num_workers cap)--> Invocation on ``pending`` (FIFO, all runs)
+                              --(at the cap)--> run.queued[step]
+    schedule(): pending --Pool.place(this pass's Placement)--> dispatch(): [LoadWorkflow once] Invoke
+    release(inv): frees its worker slot and its step slot; the step's next queued input is enqueued
+
+The count of waiting ``def`` invocations is kept exactly (``waiting_sync``), so each pass can hold workers
+back for them without scanning the queue; nothing about placement is remembered between passes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from actors.host import Invoke, LoadWorkflow
+
+from runtime.run.state import Invocation, RunStatus, StepInput
+from runtime.supervisor import report
+
+if TYPE_CHECKING:
+    from runtime.pool.worker import Worker
+    from runtime.run.state import RunState
+    from runtime.supervisor.supervisor import Supervisor
+
+
+class Scheduler:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.pending: deque[Invocation] = deque()
+        self.waiting_sync = 0  # unplaced, unfinished def invocations in ``pending``
+        self._ids = itertools.count(1)
+
+    def skip_ids_past(self, used: int) -> None:
+        """Restored lineage ids must not collide with new invocation ids."""
+        self._ids = itertools.count(max(next(self._ids), used + 1))
+
+    def enqueue(self, run: RunState, step: str, item: StepInput, attempt: int = 1,
+                first_try: float | None = None, crashes: int = 0) -> None:
+        spec = run.wspec.steps[step]
+        if run.active[step] >= spec.num_workers:
+            run.queued[step].append(item)
+            report.queue_changed(run, step)
+            return
+        run.active[step] += 1
+        inv = Invocation(next(self._ids), run, step, item.event, spec.is_async, attempt,
+                         first_try=first_try if first_try is not None else time.monotonic(),
+                         lineage=item.lineage, resumed=item.resumed, crashes=crashes)
+        run.invs[inv.inv] = inv
+        self.sup.invocations[inv.inv] = inv
+        self.pending.append(inv)
+        if not inv.is_async:
+            self.waiting_sync += 1
+
+    def schedule(self) -> None:
+        """Place pending invocations on workers, in FIFO order across runs."""
+        if not self.pending:
+            return
+        pool = self.sup.pool
+        plan = pool.placement(self.waiting_sync)
+        skipped: list[Invocation] = []
+        while self.pending:
+            inv = self.pending.popleft()
+            if inv.finished:
+                continue
+            worker = pool.place(inv.is_async, plan)
+            if worker is None:
+                skipped.append(inv)
+                if not pool.has_room(plan):
+                    break
+                continue
+            plan.held.discard(worker)
+            self.dispatch(inv, worker)
+        self.pending.extendleft(reversed(skipped))
+
+    def dispatch(self, inv: Invocation, worker: Worker) -> None:
+        run = inv.run
+        if run.wf_key not in worker.loaded:
+            worker.loaded.add(run.wf_key)
+            worker.send(LoadWorkflow(run.wf_key, run.definition))
+        inv.worker = worker
+        if inv.is_async:
+            worker.async_invs.add(inv.inv)
+        else:
+            self.waiting_sync -= 1
+            worker.sync_inv = inv
+        worker.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event, inv.lineage, inv.resumed))
+        report.step_changed(run, inv, "running")
+
+    def release(self, inv: Invocation) -> None:
+        """The invocation is over: free its worker slot and its step slot; start the step's next input."""
+        if inv.finished:
+            return
+        inv.finished = True
+        worker, run = inv.worker, inv.run
+        if worker is None:
+            if not inv.is_async:
+                self.waiting_sync -= 1
+        elif inv.is_async:
+            worker.async_invs.discard(inv.inv)
+        elif worker.sync_inv is inv:
+            worker.sync_inv = None
+        self.sup.invocations.pop(inv.inv, None)
+        run.invs.pop(inv.inv, None)
+        run.active[inv.step] -= 1
+        run.drop_state_holder(inv.inv)
+        queue = run.queued.get(inv.step)
+        if queue and run.status.accepts_work:
+            self.enqueue(run, inv.step, queue.popleft())
+            report.queue_changed(run, inv.step)
+        if worker is not None:
+            self.sup.pool.check_retired(worker)
+        if run.status is RunStatus.CANCELLING and not run.invs:
+            self.sup.end_cancelled(run)
