@@ -29,24 +29,10 @@ T = TypeVar("T")
 
 
 async def wait_future(fut: concurrent.futures.Future[T]) -> T:
-    """Await a concurrent future on the running loop, without cancelling it if the awaiter is cancelled."""
-    if not fut.done():
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-
-        def settle() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        def wake(_: object) -> None:
-            try:
-                loop.call_soon_threadsafe(settle)
-            except RuntimeError:
-                pass  # the awaiting loop closed meanwhile
-
-        fut.add_done_callback(wake)
-        await waiter
-    return fut.result()
+    """Await a concurrent future on the running loop. Cancelling the awaiter never cancels ``fut`` (the
+    run's result, a supervisor call): ``shield`` stops the cancellation before ``wrap_future`` would pass it
+    on to the source."""
+    return await asyncio.shield(asyncio.wrap_future(fut))
 
 
 class _CallerBackend:
