@@ -74,6 +74,9 @@ class ActorHost:
         self._backlog: deque[object] = deque()
         self._loop_thread = threading.get_ident()
         self._cancel_requested: set[int] = set()  # invocations CancelInvocations named, until they end
+        # Invocations of this worker that asked for the run's state lock and have not given it back: an
+        # async step blocking the loop thread for the lock while one of them holds it would never get it.
+        self.state_lock_users: set[int] = set()
         # The failure reported when nothing better can be described (prepared now, while memory is there).
         self._last_resort = mailbox.pack(WorkflowRuntimeError(
             f"a step failed in worker {self.pid}, and its exception could not be described or sent "
@@ -99,9 +102,12 @@ class ActorHost:
             else:
                 self.dispatch(msg)
 
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
     def wait(self, fut: concurrent.futures.Future[Any]) -> Any:
         """``fut.result()``, but on the loop thread read the inbox meanwhile (see the module docstring)."""
-        if threading.get_ident() != self._loop_thread:
+        if not self.on_loop_thread():
             return fut.result()
         while not fut.done():
             try:
@@ -182,6 +188,7 @@ class ActorHost:
         """The invocation's task ended (done callback; exactly once per task): send its one outcome."""
         try:
             self.tasks.pop(msg.inv, None)
+            self.state_lock_users.discard(msg.inv)
             requested = msg.inv in self._cancel_requested
             self._cancel_requested.discard(msg.inv)
             outcome: object
