@@ -169,7 +169,10 @@ class ActorHost:
             except Exception as exc:  # reported by every invocation of this workflow
                 self.load_errors[msg.key] = exc
         elif isinstance(msg, DropWorkflow):
+            # The event classes it registered go with it unless another definition uses them (the codec
+            # holds classes weakly).
             self.workflows.pop(msg.key, None)
+            self.load_errors.pop(msg.key, None)
         elif isinstance(msg, Shutdown):
             self.loop.stop()
 
