@@ -3,7 +3,7 @@
 The pool itself (``_pool.py``) only sees ``Launcher`` and ``WorkerLink``; another engine provides its own.
 
     ProcessLauncher.launch()  [executor thread]  Pipe x2 + Process.start() (forkserver or spawn, __main__ hidden)
-                                                 + the worker's identity (psutil)
+                                                 + the worker's identity (psutil) + the reaper watches it
     ProcessLauncher.attach()  [loop thread]      Channel on the pipes + loop reader on Process.sentinel
     sentinel readable -> on_death(); ProcessLink.close() reaps it and SIGKILLs what is left of its group
 
@@ -16,6 +16,8 @@ start time before it signals), and the worker's process group only while that gr
 A worker stopped by SIGSTOP (or SIGTSTP) can take no work, yet its sentinel never fires: the link checks the
 worker's state every ``FROZEN_CHECK`` seconds and kills a worker found stopped twice in a row, so the pool
 replaces it (a death the pool sees, instead of invocations that hang on it).
+
+The reaper (``reaper.py``) ends the workers, and what their steps started, if this process dies.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import psutil
 from runtime.pool.link import Launcher, WorkerLink
 from runtime.workers.process.channel import Channel
 from runtime.workers.process.main import worker_main
+from runtime.workers.process.reaper import REAPER
 
 log = logging.getLogger("procflow")
 
@@ -112,6 +115,12 @@ def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
             # Under the start lock: no other start's cleanup reaps it meanwhile (spawn), and a pid is
             # reused only after its process died: this names the worker unless it died in these microseconds.
             process = _identify(proc.pid)
+        if process is not None:
+            try:
+                REAPER.watch(process.pid)
+            except OSError as exc:  # the worker runs unguarded against our death rather than not at all
+                log.warning("procflow: the reaper could not be started for worker pid %d: %r",
+                            process.pid, exc)
         parent_ends.pop_all()
     return Launched(proc, inbox_w, outbox_r, process)
 
@@ -199,6 +208,7 @@ class ProcessLink(WorkerLink):
         self.exitcode = self.proc.exitcode
         # A dead worker's process group may still hold processes its steps started: they go with it.
         self.signal(signal.SIGKILL)
+        REAPER.forget(self.pid)  # and so do those it started in sessions of their own
         self.channel.close()
         with contextlib.suppress(ValueError):
             self.proc.close()
