@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -112,6 +113,7 @@ def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
                               name=f"procflow-worker-{index}", daemon=False)
         with _main_module_hidden():
             proc.start()
+            _STARTED.add(proc)
             # Under the start lock: no other start's cleanup reaps it meanwhile (spawn), and a pid is
             # reused only after its process died: this names the worker unless it died in these microseconds.
             process = _identify(proc.pid)
@@ -212,6 +214,36 @@ class ProcessLink(WorkerLink):
         self.channel.close()
         with contextlib.suppress(ValueError):
             self.proc.close()
+
+
+_STARTED: weakref.WeakSet[BaseProcess] = weakref.WeakSet()  # the workers this process started
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()``: the workers and the forkserver are the parent's, not the child's.
+    multiprocessing would make the child join the parent's workers at exit (an AssertionError), and ask the
+    parent's forkserver, which is not the child's child, whether it still runs (ChildProcessError on every
+    start): forget both, so that a runtime made in the child starts its own forkserver and workers."""
+    import multiprocessing.forkserver
+    import multiprocessing.process
+
+    children = getattr(multiprocessing.process, "_children", None)
+    for proc in list(_STARTED):
+        if isinstance(children, set):
+            children.discard(proc)
+    _STARTED.clear()
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        alive_fd, preload = server._forkserver_alive_fd, server._preload_modules
+        server.__init__()
+        server._preload_modules = preload
+        if alive_fd is not None:  # our copy would keep the parent's forkserver alive after the parent
+            with contextlib.suppress(OSError):
+                os.close(alive_fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ProcessLauncher(Launcher):
