@@ -280,3 +280,19 @@ def _shutdown_all() -> None:
             rt.shutdown(timeout=2.0)
         except Exception:  # noqa: BLE001 -- at exit, finish the others whatever one does
             pass
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()`` the runtimes are copies without their supervisor threads and workers:
+    they count as shut down there (using one raises instead of hanging, exiting does not wait for it), and
+    the child's default runtime is made afresh on first use."""
+    global _default, _default_lock
+    _default, _default_lock = None, threading.Lock()
+    for rt in list(_ALL):
+        rt._lock = threading.RLock()
+        rt._state = RuntimeState.SHUT_DOWN
+    _ALL.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
