@@ -195,7 +195,9 @@ class ActorHost:
             requested = msg.inv in self._cancel_requested
             self._cancel_requested.discard(msg.inv)
             outcome: object
-            if task.cancelled():  # cancelled where the task's own code could not catch it (before it began)
+            # Cancelled where no handler of the task's own caught it: before its first step, or while it
+            # awaited a def step's thread.
+            if task.cancelled():
                 outcome = Cancelled(msg.inv) if requested else self._failed(
                     msg, self._unrequested_cancel(msg, None))
             elif task.exception() is not None:
