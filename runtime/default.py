@@ -53,6 +53,8 @@ def _forget_after_fork() -> None:
     global _default, _default_lock
     _default = None
     _default_lock = threading.Lock()
+    for rt in list(_ALL):
+        rt._forked_away()
     _ALL.clear()
 
 

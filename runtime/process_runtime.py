@@ -116,6 +116,12 @@ class ProcessRuntime(Engine):
             self._sup.state = SupervisorState.CLOSED
         self._sup.close(timeout)
 
+    def _forked_away(self) -> None:
+        """In a child of ``os.fork()``: this runtime's thread and workers are the parent's. It counts as
+        shut down here (a run on it raises ``RuntimeBrokenError``), without touching any of them."""
+        self._lock = threading.RLock()
+        self._state = RuntimeState.SHUT_DOWN
+
     def __enter__(self) -> ProcessRuntime:
         return self.start()
 

@@ -31,12 +31,14 @@ class Store:
         await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set", key, value))
 
     def get_sync(self, key: str, default: Any = MISSING) -> Any:
-        """Blocking twin of ``get``, for plain ``def`` steps."""
-        return self._ctx._backend_or_raise().store_call("get", key, default).result()
+        """Blocking twin of ``get``, for plain ``def`` steps (it works in async steps too, blocking them)."""
+        backend = self._ctx._backend_or_raise()
+        return backend.wait(backend.store_call("get", key, default))
 
     def set_sync(self, key: str, value: Any) -> None:
-        """Blocking twin of ``set``, for plain ``def`` steps."""
-        self._ctx._backend_or_raise().store_call("set", key, value).result()
+        """Blocking twin of ``set``, for plain ``def`` steps (it works in async steps too, blocking them)."""
+        backend = self._ctx._backend_or_raise()
+        backend.wait(backend.store_call("set", key, value))
 
     async def get_state(self) -> Any:
         """A copy of the whole state: the ``Context[State]`` model, or the dict of keys."""
@@ -63,13 +65,15 @@ class Store:
 
     @contextlib.contextmanager
     def edit_state_sync(self) -> Iterator[Any]:
-        """Blocking twin of ``edit_state``, for plain ``def`` steps."""
+        """Blocking twin of ``edit_state``, for plain ``def`` steps. In an async step it blocks the worker's
+        loop while it waits for the lock, so it refuses to wait when another step of the same worker holds
+        or awaits the lock (that step could never give it back): use ``async with edit_state()`` there."""
         backend = self._ctx._backend_or_raise()
-        state = backend.store_call("lock_state").result()
+        state = backend.wait(backend.store_call("lock_state"))
         try:
             yield state
             saving = backend.store_call("unlock_state", state)  # raises if the state cannot be pickled
         except BaseException:
-            backend.store_call("unlock_state", MISSING).result()
+            backend.wait(backend.store_call("unlock_state", MISSING))
             raise
-        saving.result()
+        backend.wait(saving)

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 class WorkerBackend:
     """A step's Context backend inside a worker: fire-and-forget sends, request/reply for run state."""
 
-    __slots__ = ("host", "msg", "wspec", "_waits")
+    __slots__ = ("host", "msg", "wspec", "_waits", "_lock_request")
 
     def __init__(self, host: ActorHost, msg: Invoke, wspec: WorkflowSpec) -> None:
         self.host = host
         self.msg = msg
         self.wspec = wspec
         self._waits = 0
+        self._lock_request: concurrent.futures.Future[Any] | None = None
 
     def _pack_event(self, event: Event, what: str) -> Any:
         try:
@@ -44,16 +45,33 @@ class WorkerBackend:
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:
         fut = self.host.request(self.msg.inv, "collect", buffer_id or self.msg.step, event, expected)
-        result: list[Event] | None = self.host.wait(fut)
+        result: list[Event] | None = self.wait(fut)
         return result
 
     def store_call(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         try:
-            return self.host.request(self.msg.inv, op, *args)
+            fut = self.host.request(self.msg.inv, op, *args)
         except PayloadError as exc:
             what = f"store.{op}({args[0]!r})" if op == "set" else f"store.{op}()"
             raise PayloadError(f"step '{self.msg.step}': {what}: the value cannot be stored, it cannot be "
                                f"pickled: {exc}") from exc
+        if op == "lock_state":
+            self.host.state_lock_users.add(self.msg.inv)
+            self._lock_request = fut
+        elif op == "unlock_state":  # once sent, the supervisor frees the lock before it reads anything later
+            self.host.state_lock_users.discard(self.msg.inv)
+        return fut
+
+    def wait(self, fut: concurrent.futures.Future[Any]) -> Any:
+        """The result of a request, blocking; on the loop thread (an async step calling a ``*_sync`` twin)
+        the host reads the inbox meanwhile, since only this thread resolves replies."""
+        if (fut is self._lock_request and self.host.on_loop_thread()
+                and self.host.state_lock_users - {self.msg.inv}):
+            raise WorkflowRuntimeError(
+                f"step '{self.msg.step}': edit_state_sync() in an async step would deadlock: another step in "
+                "this worker holds or awaits the state lock, and it cannot run while this one blocks the "
+                "worker's loop. Use `async with ctx.store.edit_state()` in async steps")
+        return self.host.wait(fut)
 
     def wait_for_event(self, wait: WaitRequest) -> Event:
         waiter_id = wait.waiter_id

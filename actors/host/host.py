@@ -16,16 +16,27 @@ a backlog the loop dispatches next.
 A step's exception, including SystemExit and KeyboardInterrupt raised by its code, is reported as ``Failed``
 and the worker lives on: it may be hosting other runs' async steps. Only the supervisor ends a worker
 (``Shutdown``, or a kill). When the inbox reports EOF the parent is gone and the worker exits.
+
+Every invocation is one task, and its outcome is sent by that task's done callback (``_finished``): a task
+ends exactly once, however it ends (returned, raised, or cancelled before it even started), so every
+invocation ends with exactly one outcome message. Reporting cannot fail: a failure is described with
+fallbacks (``safe``), down to a message prepared when the host started; if even that cannot be sent, the
+worker exits, and the supervisor sees a death instead of waiting for ever.
+
+``Cancelled`` means the supervisor asked for it: ``CancelInvocations`` records the invocation in
+``_cancel_requested`` before cancelling its task. A ``CancelledError`` of any other origin (a task the step
+awaited was cancelled) is the step's failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import os
+import sys
 import threading
-import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,6 +50,11 @@ from .protocol import (
 )
 from ..workflow import Workflow, WorkflowSpec
 from .backend import WorkerBackend
+from .safe import release_frames, safe_text, safe_traceback, type_name
+
+# The exit status of a worker that could not report an invocation's outcome (it exits rather than leave the
+# supervisor waiting for an outcome that never comes).
+EXIT_UNREPORTABLE = 70
 
 
 class ActorHost:
@@ -49,7 +65,7 @@ class ActorHost:
         self.loop = loop
         self.pid = os.getpid()
         self.workflows: dict[int, tuple[Workflow, WorkflowSpec]] = {}
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.tasks: dict[int, asyncio.Task[object]] = {}
         self.step_thread = ThreadPoolExecutor(1, thread_name_prefix="procflow-step")
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
         self._req_ids = itertools.count(1)
@@ -57,6 +73,14 @@ class ActorHost:
         self.load_errors: dict[int, BaseException] = {}
         self._backlog: deque[object] = deque()
         self._loop_thread = threading.get_ident()
+        self._cancel_requested: set[int] = set()  # invocations CancelInvocations named, until they end
+        # Invocations of this worker that asked for the run's state lock and have not given it back: an
+        # async step blocking the loop thread for the lock while one of them holds it would never get it.
+        self.state_lock_users: set[int] = set()
+        # The failure reported when nothing better can be described (prepared now, while memory is there).
+        self._last_resort = mailbox.pack(WorkflowRuntimeError(
+            f"a step failed in worker {self.pid}, and its exception could not be described or sent "
+            "(was the worker out of memory?)"))
 
     # --- reading the inbox (loop thread) ---------------------------------------------------------------------
     def start(self) -> None:
@@ -78,9 +102,12 @@ class ActorHost:
             else:
                 self.dispatch(msg)
 
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
     def wait(self, fut: concurrent.futures.Future[Any]) -> Any:
         """``fut.result()``, but on the loop thread read the inbox meanwhile (see the module docstring)."""
-        if threading.get_ident() != self._loop_thread:
+        if not self.on_loop_thread():
             return fut.result()
         while not fut.done():
             try:
@@ -127,55 +154,88 @@ class ActorHost:
     # --- the loop thread -----------------------------------------------------------------------------------
     def dispatch(self, msg: object) -> None:
         if isinstance(msg, Invoke):
-            self.tasks[msg.inv] = self.loop.create_task(self._invoke(msg))
+            task = self.loop.create_task(self._run(msg))
+            self.tasks[msg.inv] = task
+            task.add_done_callback(functools.partial(self._finished, msg))
         elif isinstance(msg, CancelInvocations):
             for inv in msg.invs:
-                task = self.tasks.get(inv)
-                if task is not None:
-                    task.cancel()
+                running = self.tasks.get(inv)
+                if running is not None:
+                    self._cancel_requested.add(inv)
+                    running.cancel()
         elif isinstance(msg, LoadWorkflow):
             try:
                 self.workflows[msg.key] = self.mailbox.load_definition(msg.definition)
             except Exception as exc:  # reported by every invocation of this workflow
                 self.load_errors[msg.key] = exc
         elif isinstance(msg, DropWorkflow):
+            # The event classes it registered go with it unless another definition uses them (the codec
+            # holds classes weakly).
             self.workflows.pop(msg.key, None)
+            self.load_errors.pop(msg.key, None)
         elif isinstance(msg, Shutdown):
             self.loop.stop()
 
-    async def _invoke(self, msg: Invoke) -> None:
+    async def _run(self, msg: Invoke) -> object:
+        """The invocation's task: returns its outcome message (``_finished`` sends it)."""
         if msg.workflow not in self.workflows:
-            error = WorkflowRuntimeError(
+            return self._failed(msg, WorkflowRuntimeError(
                 f"worker {self.pid} could not load workflow {msg.workflow} to run step '{msg.step}': "
-                f"{self.load_errors.get(msg.workflow)!r}")
-            self.tasks.pop(msg.inv, None)
-            self.mailbox.send(self._failed(msg, error))
-            return
+                f"{self.load_errors.get(msg.workflow)!r}"))
         workflow, wspec = self.workflows[msg.workflow]
-        spec = wspec.steps[msg.step]
+        if wspec.steps[msg.step].is_async:
+            return await self._call_async(msg, workflow, wspec)
+        return await self.loop.run_in_executor(self.step_thread, self._call_sync, msg, workflow, wspec)
+
+    def _finished(self, msg: Invoke, task: asyncio.Task[object]) -> None:
+        """The invocation's task ended (done callback; exactly once per task): send its one outcome."""
         try:
-            if spec.is_async:
-                outcome = await self._call_async(msg, workflow, wspec)
-            else:
-                outcome = await self.loop.run_in_executor(
-                    self.step_thread, self._call_sync, msg, workflow, wspec)
-        except asyncio.CancelledError:
-            # The supervisor asked for this cancel (CancelInvocations); report it and end the task here:
-            # this task is the invocation's outermost frame, nothing above it waits for the cancellation.
-            outcome = Cancelled(msg.inv)
-        finally:
             self.tasks.pop(msg.inv, None)
-        self.mailbox.send(outcome)
+            self.state_lock_users.discard(msg.inv)
+            requested = msg.inv in self._cancel_requested
+            self._cancel_requested.discard(msg.inv)
+            outcome: object
+            # Cancelled where no handler of the task's own caught it: before its first step, or while it
+            # awaited a def step's thread.
+            if task.cancelled():
+                outcome = Cancelled(msg.inv) if requested else self._failed(
+                    msg, self._unrequested_cancel(msg, None))
+            elif task.exception() is not None:
+                outcome = self._failed(msg, task.exception())  # type: ignore[arg-type]
+            else:
+                outcome = task.result()
+            self.mailbox.send(outcome)
+        except BaseException:  # noqa: BLE001 -- nothing can be reported: die, so the supervisor sees it
+            self._unreportable(msg)
+
+    def _unreportable(self, msg: Invoke) -> None:
+        try:
+            sys.stderr.write(f"procflow worker {self.pid}: the outcome of step '{msg.step}' (invocation "
+                             f"{msg.inv}) cannot be reported; exiting\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_UNREPORTABLE)
+
+    def _unrequested_cancel(self, msg: Invoke, exc: BaseException | None) -> WorkflowRuntimeError:
+        """A CancelledError nobody asked this invocation for is the step's failure, reported as this error (a
+        CancelledError reaching the caller would read as a cancel of the caller's own task)."""
+        error = WorkflowRuntimeError(
+            f"step '{msg.step}' raised CancelledError, but its run did not cancel it (was a task or future "
+            "it awaited cancelled?)")
+        error.__cause__ = exc
+        return error
 
     async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
             result = await fn(**kwargs)
             return self._done(msg, result)
-        except asyncio.CancelledError:
-            raise
         except Suspend as suspend:
             return self._suspended(msg, suspend)
+        except asyncio.CancelledError as exc:
+            if msg.inv in self._cancel_requested:
+                return Cancelled(msg.inv)
+            return self._failed(msg, self._unrequested_cancel(msg, exc))
         except BaseException as exc:  # noqa: BLE001 -- see the module docstring
             return self._failed(msg, exc)
 
@@ -185,6 +245,8 @@ class ActorHost:
             return self._done(msg, fn(**kwargs))
         except Suspend as suspend:
             return self._suspended(msg, suspend)
+        except asyncio.CancelledError as exc:  # a def step cannot be cancelled: never a requested cancel
+            return self._failed(msg, self._unrequested_cancel(msg, exc))
         except BaseException as exc:  # noqa: BLE001 -- see the module docstring
             return self._failed(msg, exc)
 
@@ -227,13 +289,27 @@ class ActorHost:
                                f"pickled to leave worker {self.pid}: {exc}") from exc
 
     def _failed(self, msg: Invoke, exc: BaseException) -> Failed:
-        tb = "".join(traceback.format_exception(exc))
+        """The ``Failed`` message for ``exc``; never raises for anything ``exc`` does. Tries: the exception
+        itself, then again with its frames' locals released (a step that ran out of memory still holds what
+        it allocated), then the message prepared at start."""
+        for attempt in range(2):
+            try:
+                return self._describe_failure(msg, exc)
+            except BaseException:  # noqa: BLE001 -- the exception is hostile, or memory is short
+                if attempt == 0:
+                    release_frames(exc)
+        return Failed(msg.inv, self._last_resort, f"{type_name(exc)} (its description failed)\n")
+
+    def _describe_failure(self, msg: Invoke, exc: BaseException) -> Failed:
+        tb = safe_traceback(exc)
         try:
             packed = self.mailbox.pack(exc)
-            self.mailbox.unpack(packed)  # an exception that pickles but cannot unpickle would be lost
-        except Exception:
-            substitute = WorkflowRuntimeError(
-                f"step '{msg.step}' raised {type(exc).__name__}: {exc} (the exception itself cannot be "
-                "pickled, so it is reported as this error)")
-            packed = self.mailbox.pack(substitute)
+            # What the supervisor will see: it must unpickle, and as an exception (a __reduce__ may say else).
+            copy = self.mailbox.unpack(packed)
+            if not isinstance(copy, BaseException):
+                raise PayloadError(f"it unpickles as {type_name(copy)}, not as an exception")
+        except Exception as err:
+            packed = self.mailbox.pack(WorkflowRuntimeError(
+                f"step '{msg.step}' raised {type_name(exc)}: {safe_text(exc)} (the exception itself cannot "
+                f"be sent to the parent, so it is reported as this error: {safe_text(err)})"))
         return Failed(msg.inv, packed, tb)

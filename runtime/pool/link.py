@@ -15,6 +15,9 @@ class WorkerLink(ABC):
 
     pid: int
     exitcode: int | None = None
+    # Set by the pool: called (on the loop thread) when the link finds its worker alive but frozen
+    # (SIGSTOP), so that the pool kills it as its own decision and re-queues what it held.
+    on_frozen: Callable[[str], None] | None = None
 
     @abstractmethod
     def send(self, msg: object) -> None:

@@ -99,6 +99,7 @@ class Pool:
                                     lambda: self._died(holder[0]))
         worker = Worker(index, link, link.pid)
         holder.append(worker)
+        link.on_frozen = lambda why: self.kill(worker, why)
         self.workers[index] = worker
         if self.state is PoolState.CLOSED:
             self.kill(worker, "the pool closed while the worker was starting")

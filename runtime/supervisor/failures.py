@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING
 
 from actors import PayloadError, RemoteTraceback, WorkerCrashedError, WorkflowRuntimeError
-from actors.host import CancelInvocations, Failed
+from actors.host import CancelInvocations, Failed, add_note_safely, safe_text, type_name
 
 from runtime.run.state import PendingRetry, RunStatus, StepInput
 from runtime.supervisor import report
@@ -37,14 +37,6 @@ if TYPE_CHECKING:
     from runtime.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("procflow")
-
-
-def safe_text(exc: BaseException) -> str:
-    """``str(exc)``, or a placeholder when the exception's own ``__str__`` fails."""
-    try:
-        return str(exc)
-    except BaseException:  # noqa: BLE001 -- reporting a failure must not fail
-        return f"<{type(exc).__name__}: its __str__ raised>"
 
 
 class Failures:
@@ -71,12 +63,12 @@ class Failures:
                                        f"cannot unpickle: {err}")
         if not isinstance(exc, BaseException):
             exc = WorkflowRuntimeError(f"step '{inv.step}' raised {msg.error.type_name}, which unpickles as "
-                                       f"a {type(exc).__name__}, not an exception")
+                                       f"a {type_name(exc)}, not an exception")
         try:
             exc.__cause__ = RemoteTraceback(msg.traceback)
-            exc.add_note(f"raised in step '{inv.step}' of run {inv.run.run_id} (worker pid {worker.pid})")
-        except Exception:  # noqa: BLE001 -- a hostile exception (read-only __cause__, odd __notes__)
+        except BaseException:  # noqa: BLE001 -- a hostile exception may refuse a cause: report it without
             pass
+        add_note_safely(exc, f"raised in step '{inv.step}' of run {inv.run.run_id} (worker pid {worker.pid})")
         return exc
 
     def retry_or_fail(self, inv: Invocation, exc: BaseException) -> None:

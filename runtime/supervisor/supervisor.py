@@ -29,13 +29,13 @@ from actors import (
     Event, RuntimeBrokenError, StopEvent, WorkflowCancelledByUser, WorkflowCancelledEvent,
     WorkflowFailedEvent, WorkflowRuntimeError, WorkflowTimedOutEvent, WorkflowTimeoutError,
 )
-from actors.host import DropWorkflow, Packed
+from actors.host import DropWorkflow, Packed, safe_text, type_name
 
 from runtime.pool import Launcher, Pool, RestartBudget
 from runtime.run.snapshot import carry
 from runtime.run.state import RunState, RunStatus, StepInput
 from runtime.supervisor.door import Door
-from runtime.supervisor.failures import Failures, safe_text
+from runtime.supervisor.failures import Failures
 from runtime.supervisor.messages import WorkerMessages
 from runtime.supervisor.routing import Router
 from runtime.supervisor.scheduler import Scheduler
@@ -173,7 +173,7 @@ class Supervisor:
 
     def fail(self, run: RunState, exc: BaseException, step: str | None = None) -> None:
         self.finish(run, RunStatus.FAILED,
-                    WorkflowFailedEvent(result=safe_text(exc), step=step, error_type=type(exc).__name__), exc)
+                    WorkflowFailedEvent(result=safe_text(exc), step=step, error_type=type_name(exc)), exc)
 
     def end_cancelled(self, run: RunState, hard: bool = False) -> None:
         self.finish(run, RunStatus.CANCELLED, WorkflowCancelledEvent(result="cancelled", hard=hard),

@@ -7,6 +7,11 @@ with cloudpickle) or by a module path the worker might not be able to import.
 
 Anything else defined in ``__main__`` or locally, and anything stdlib pickle refuses (lambdas), goes through
 cloudpickle by value.
+
+The key tables hold classes *weakly*, on both sides: an event class defined inside a function, per call, is
+released with the last workflow (definition) that uses it. In the parent its key dies with it and is never
+given to another class (keys only count up); in a worker a definition holds its classes, so dropping the
+definition (``DropWorkflow``) releases the classes no other loaded definition uses, and their keys with them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import itertools
 import pickle
 import threading
 import types
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -52,8 +58,8 @@ class Codec:
     """Pickles payloads for one process; both ends hold the same ``key <-> class`` table."""
 
     def __init__(self) -> None:
-        self._key_of: dict[type, int] = {}
-        self._cls_of: dict[int, type] = {}
+        self._key_of: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+        self._cls_of: weakref.WeakValueDictionary[int, type] = weakref.WeakValueDictionary()
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
         codec = self

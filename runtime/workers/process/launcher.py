@@ -3,18 +3,35 @@
 The pool itself (``_pool.py``) only sees ``Launcher`` and ``WorkerLink``; another engine provides its own.
 
     ProcessLauncher.launch()  [executor thread]  Pipe x2 + Process.start() (forkserver or spawn, __main__ hidden)
+                                                 + the worker's identity (psutil) + the reaper watches it
     ProcessLauncher.attach()  [loop thread]      Channel on the pipes + loop reader on Process.sentinel
     sentinel readable -> on_death(); ProcessLink.close() reaps it and SIGKILLs what is left of its group
+
+A pid names our worker only while the worker lives: the forkserver reaps its children the moment they die, so
+by the time ``close()`` runs the number may name another process. So nothing is signalled by bare pid: the
+worker and its descendants through ``psutil.Process`` objects taken while they were ours (psutil checks the
+start time before it signals), and the worker's process group only while that group id is still the worker's
+(see ``ProcessLink._group_is_ours``).
+
+A worker stopped by SIGSTOP (or SIGTSTP) can take no work, yet its sentinel never fires: the link checks the
+worker's state every ``FROZEN_CHECK`` seconds and kills a worker found stopped twice in a row, so the pool
+replaces it (a death the pool sees, instead of invocations that hang on it).
+
+The reaper (``reaper.py``) ends the workers, and what their steps started, if this process dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Iterator
@@ -24,8 +41,12 @@ import psutil
 from runtime.pool.link import Launcher, WorkerLink
 from runtime.workers.process.channel import Channel
 from runtime.workers.process.main import worker_main
+from runtime.workers.process.reaper import REAPER
+
+log = logging.getLogger("procflow")
 
 PRELOAD = ["actors", "runtime.workers.process.main"]
+FROZEN_CHECK = 0.5  # seconds between checks that a worker is not stopped
 
 
 _main_lock = threading.Lock()
@@ -66,70 +87,182 @@ def make_context(start_method: str) -> BaseContext:
     return ctx
 
 
-def spawn_process(mp_ctx: BaseContext, index: int) -> tuple[BaseProcess, Any, Any]:
-    """Start one worker; blocking (forkserver ~10 ms, spawn ~100 ms), so it runs in an executor thread."""
-    inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
-    outbox_r, outbox_w = mp_ctx.Pipe(duplex=False)
-    proc = mp_ctx.Process(target=worker_main, args=(inbox_r, outbox_w),  # type: ignore[attr-defined]
-                          name=f"procflow-worker-{index}", daemon=False)
-    try:
+@dataclass
+class Launched:
+    """A started worker: its process, the parent's ends of its pipes, and its identity."""
+
+    proc: BaseProcess
+    inbox: Connection
+    outbox: Connection
+    process: psutil.Process | None  # taken right after the start, while the pid surely named the worker
+
+
+def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
+    """Start one worker; blocking (forkserver ~10 ms, spawn ~100 ms), so it runs in an executor thread.
+
+    The child's ends of the pipes are closed here whatever happens; the parent's ends are handed to the
+    caller once the worker started, and closed here if anything fails before."""
+    with contextlib.ExitStack() as child_ends, contextlib.ExitStack() as parent_ends:
+        inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
+        child_ends.callback(inbox_r.close)
+        parent_ends.callback(inbox_w.close)
+        outbox_r, outbox_w = mp_ctx.Pipe(duplex=False)
+        child_ends.callback(outbox_w.close)
+        parent_ends.callback(outbox_r.close)
+        proc = mp_ctx.Process(target=worker_main, args=(inbox_r, outbox_w),  # type: ignore[attr-defined]
+                              name=f"procflow-worker-{index}", daemon=False)
         with _main_module_hidden():
             proc.start()
-    finally:
-        inbox_r.close()
-        outbox_w.close()
-    return proc, inbox_w, outbox_r
+            _STARTED.add(proc)
+            # Under the start lock: no other start's cleanup reaps it meanwhile (spawn), and a pid is
+            # reused only after its process died: this names the worker unless it died in these microseconds.
+            process = _identify(proc.pid)
+        if process is not None:
+            try:
+                REAPER.watch(process.pid)
+            except OSError as exc:  # the worker runs unguarded against our death rather than not at all
+                log.warning("procflow: the reaper could not be started for worker pid %d: %r",
+                            process.pid, exc)
+        parent_ends.pop_all()
+    return Launched(proc, inbox_w, outbox_r, process)
 
 
-def signal_tree(pid: int, sig: int, descendants: list[psutil.Process]) -> None:
-    """Send ``sig`` to the worker's process group and to every descendant seen; gone is success."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.send_signal(sig)
+def _identify(pid: int | None) -> psutil.Process | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None  # already gone: its sentinel reports it
 
 
 class ProcessLink(WorkerLink):
-    def __init__(self, loop: asyncio.AbstractEventLoop, proc: BaseProcess, channel: Channel,
+    def __init__(self, loop: asyncio.AbstractEventLoop, launched: Launched, channel: Channel,
                  on_death: Callable[[], None]) -> None:
-        self.loop, self.proc, self.channel = loop, proc, channel
-        self.pid = proc.pid or -1
-        self._descendants: list[psutil.Process] | None = None
-        loop.add_reader(proc.sentinel, on_death)
+        self.loop, self.proc, self.channel = loop, launched.proc, channel
+        self.pid = launched.proc.pid or -1
+        self._process = launched.process
+        self._descendants: set[psutil.Process] = set()  # psutil hashes a process by pid and start time
+        self._closed = False
+        self._stopped_once = False
+        self._signal_lock = threading.Lock()
+        loop.add_reader(self.proc.sentinel, on_death)
+        self._frozen_check: asyncio.TimerHandle | None = loop.call_later(FROZEN_CHECK, self._check_frozen)
 
     def send(self, msg: object) -> None:
         self.channel.send(msg)
 
+    def _alive(self) -> bool:
+        """Whether the worker is still the process we started (alive, or dead but not reaped)."""
+        return self._process is not None and self._process.is_running()
+
+    def _group_is_ours(self) -> bool:
+        """Whether the process group numbered like the worker's pid is still the worker's. A group id is not
+        given to a new group while a member lives, and a new group takes the id of its leader's pid: so the
+        group is ours if the worker still is, or if no process has that pid now."""
+        if self._alive():
+            return True
+        try:
+            psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
+        return False  # another process has the pid: the worker's group was empty when it got it
+
     def signal(self, sig: int) -> None:
-        if self._descendants is None:  # seen once, at the first signal: a dead parent hides them later
-            self._descendants = []
+        # The pool signals from its signalling thread; close() runs on the loop thread.
+        with self._signal_lock:
+            self._signal_locked(sig)
+
+    def _signal_locked(self, sig: int) -> None:
+        if self._alive():  # the descendants it has now (a dead parent hides its children later)
             with contextlib.suppress(psutil.Error):
-                self._descendants = psutil.Process(self.pid).children(recursive=True)
-        signal_tree(self.pid, sig, self._descendants)
+                self._descendants.update(self._process.children(recursive=True))  # type: ignore[union-attr]
+        if self._group_is_ours():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+        for p in (self._process, *self._descendants):
+            if p is not None:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)  # psutil refuses a pid that names another process now
+
+    def stopped(self) -> bool:
+        """Whether the worker is stopped (SIGSTOP, SIGTSTP): alive, but it can do nothing."""
+        try:
+            return self._process is not None and self._process.status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            return False
+
+    def _check_frozen(self) -> None:
+        self._frozen_check = None
+        if self._closed:
+            return
+        stopped = self.stopped()
+        if stopped and self._stopped_once:
+            why = f"stopped (SIGSTOP?) for over {FROZEN_CHECK:g} s: it can take no work"
+            if self.on_frozen is not None:
+                self.on_frozen(why)  # the pool kills it as its own decision: its work is re-queued
+            else:
+                log.warning("procflow: worker pid %d %s; killing it", self.pid, why)
+                self.signal(signal.SIGKILL)
+            return
+        self._stopped_once = stopped
+        self._frozen_check = self.loop.call_later(FROZEN_CHECK, self._check_frozen)
 
     def close(self) -> None:
+        self._closed = True
+        if self._frozen_check is not None:
+            self._frozen_check.cancel()
         self.loop.remove_reader(self.proc.sentinel)
         self.proc.join(timeout=1.0)
         self.exitcode = self.proc.exitcode
         # A dead worker's process group may still hold processes its steps started: they go with it.
-        signal_tree(self.pid, signal.SIGKILL, self._descendants or [])
+        self.signal(signal.SIGKILL)
+        REAPER.forget(self.pid)  # and so do those it started in sessions of their own
         self.channel.close()
         with contextlib.suppress(ValueError):
             self.proc.close()
+
+
+_STARTED: weakref.WeakSet[BaseProcess] = weakref.WeakSet()  # the workers this process started
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()``: the workers and the forkserver are the parent's, not the child's.
+    multiprocessing would make the child join the parent's workers at exit (an AssertionError), and ask the
+    parent's forkserver, which is not the child's child, whether it still runs (ChildProcessError on every
+    start): forget both, so that a runtime made in the child starts its own forkserver and workers."""
+    import multiprocessing.forkserver
+    import multiprocessing.process
+
+    children = getattr(multiprocessing.process, "_children", None)
+    for proc in list(_STARTED):
+        if isinstance(children, set):
+            children.discard(proc)
+    _STARTED.clear()
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        alive_fd, preload = server._forkserver_alive_fd, server._preload_modules
+        server.__init__()
+        server._preload_modules = preload
+        if alive_fd is not None:  # our copy would keep the parent's forkserver alive after the parent
+            with contextlib.suppress(OSError):
+                os.close(alive_fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ProcessLauncher(Launcher):
     def __init__(self, start_method: str) -> None:
         self.mp_ctx = make_context(start_method)
 
-    def launch(self, index: int) -> tuple[BaseProcess, Any, Any]:
+    def launch(self, index: int) -> Launched:
         return spawn_process(self.mp_ctx, index)
 
     def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
                on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
-        proc, inbox, outbox = launched
-        channel = Channel(loop, inbox, outbox, on_message)
-        return ProcessLink(loop, proc, channel, on_death)
+        channel = Channel(loop, launched.inbox, launched.outbox, on_message)
+        return ProcessLink(loop, launched, channel, on_death)

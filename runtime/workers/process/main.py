@@ -12,7 +12,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import select
+import selectors
 import signal
 import threading
 from multiprocessing.connection import Connection
@@ -35,6 +35,9 @@ class PipeInbox:
         self._in_fd = inbox_fd
         self._reader = FrameReader(inbox_fd)
         self._codec = Codec()
+        # For blocking waits (recv_wait): epoll takes any fd number (select.select fails from 1024 on).
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(inbox_fd, selectors.EVENT_READ)
 
     def fileno(self) -> int:
         return self._in_fd
@@ -47,7 +50,7 @@ class PipeInbox:
 
     def recv_wait(self) -> list[object]:
         while True:
-            select.select([self._in_fd], [], [])
+            self._selector.select()
             msgs = self.recv_ready()
             if msgs:
                 return msgs
