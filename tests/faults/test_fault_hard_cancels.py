@@ -24,6 +24,7 @@ def test_hard_cancels_from_many_threads_cause_no_wrong_result_no_wrong_kill_and_
     assert counts.get("wrong", 0) == 0, f"wrong results: {shown}"
     assert counts.get("wrong_kill", 0) == 0, f"uncancelled runs failed as cancelled/crashed: {shown}"
     assert counts.get("hang", 0) == 0 and figures["stuck_threads"] == 0, f"hangs: {shown}"
+    assert counts.get("not_cancelled_but_failed", 0) == 0, f"uncancelled runs that failed: {shown}"
     assert set(counts) <= ALLOWED, f"outcomes outside the promise: {shown}"
     assert counts.get("cancel_true", 0) == counts.get("cancelled_as_asked", 0), shown
     assert counts.get("cancel_true", 0) > 0 and counts.get("right", 0) > 0, shown
