@@ -135,6 +135,7 @@ class Failures:
             err = WorkerCrashedError(
                 f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
                 f"on {inv.event.type_name} died: {worker.describe_exit()}"
+                + (f" (killed by procflow: {worker.kill_reason})" if worker.kill_reason else "")
                 + ("; the step had already sent events or changed the run's state, so procflow does "
                    "not run it again" if inv.visible else ""),
                 step=inv.step, pid=worker.pid, exitcode=worker.exitcode)

@@ -36,7 +36,7 @@ import psutil  # noqa: E402
 from actors import Context, Event, StartEvent, StopEvent, Workflow, step  # noqa: E402
 
 SCALE = float(os.environ.get("PROCFLOW_FAULTS_SCALE", "1"))
-INFRASTRUCTURE = ("forkserver", "resource_tracker")  # multiprocessing's helpers, not workers
+INFRASTRUCTURE = ("forkserver", "resource_tracker", "reaper.py")  # helpers, not workers (reaper.py: procflow's parent-death reaper)
 
 
 def scaled(n: int, minimum: int = 1) -> int:

@@ -2,9 +2,9 @@
 
 On a 2-worker pool (scale 1; ``PROCFLOW_FAULTS_SCALE`` multiplies the runs of each phase):
 
-- ``busy_stopped``: a def step's worker is stopped mid-step and left stopped; its run (workflow timeout 3 s)
-  must end with ``WorkflowTimeoutError``, and 4 ``Mixed`` runs started beside it must give their right
-  results.
+- ``busy_stopped``: a def step's worker is stopped mid-step and left stopped; the pool kills it within about
+  a second, so its run (workflow timeout 3 s) ends with ``WorkerCrashedError`` naming the stop, and 4
+  ``Mixed`` runs started beside it must give their right results.
 - ``idle_stopped_then_continued``: an idle worker is stopped, 6 runs (``Mixed`` and ``AllAsync``, timeout
   20 s) start, the worker gets SIGCONT 1 s later: every run gives its right result.
 - ``idle_left_stopped``: an idle worker is stopped for good, 6 runs with a 3 s timeout start: each gives its
