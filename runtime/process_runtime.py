@@ -7,6 +7,7 @@ own to choose its size or start method, and pass it as ``Workflow(runtime=...)``
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import itertools
@@ -90,12 +91,11 @@ class ProcessRuntime(Engine):
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every worker is up (the pool is warm)."""
         deadline = time.monotonic() + timeout
-        while self._sup.call(self._sup.pool.ready_count).result(timeout) < self.workers:
-            if self._sup.state is not SupervisorState.RUNNING:
-                raise RuntimeBrokenError(self._sup.broken_message())
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the pool's {self.workers} workers were not ready within {timeout} s")
-            time.sleep(0.005)
+        ready = self._sup.call(self._sup.when_ready).result(timeout)
+        try:
+            ready.result(max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the pool's {self.workers} workers were not ready within {timeout} s") from None
 
     @property
     def is_shut_down(self) -> bool:

@@ -70,6 +70,7 @@ class Supervisor:
         self.runs: dict[str, RunState] = {}
         self.invocations: dict[int, Invocation] = {}
         self.broken_reason = ""
+        self._ready_waiters: list[concurrent.futures.Future[None]] = []
         self.wf_running: dict[int, int] = {}
         self.wf_waiting: dict[int, deque[RunState]] = {}
         self.scheduler = Scheduler(self)
@@ -79,7 +80,7 @@ class Supervisor:
         self.pool = Pool(self.loop, launcher or ProcessLauncher(start_method), workers,
                          kill_grace=kill_grace, budget=RestartBudget(max_restarts, restart_window),
                          async_capacity=async_capacity, on_message=self.messages.on_message,
-                         on_ready=lambda w: self.scheduler.schedule(), on_death=self.failures.on_death,
+                         on_ready=self._worker_ready, on_death=self.failures.on_death,
                          on_broken=self.on_broken)
 
     # --- the door --------------------------------------------------------------------------------------
@@ -102,6 +103,36 @@ class Supervisor:
         for run in list(self.runs.values()):
             if not run.adapter.result.done():
                 self._resolve(run, None, RuntimeBrokenError(self.broken_message()))
+
+    # --- the pool at full strength ---------------------------------------------------------------------
+    def when_ready(self) -> concurrent.futures.Future[None]:
+        """A future resolved once every worker of the pool is READY (at once if they are), failed with
+        ``RuntimeBrokenError`` if the runtime breaks or shuts down first."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._ready_waiters.append(fut)
+        self._answer_ready_waiters()
+        return fut
+
+    def _worker_ready(self, worker: object) -> None:
+        self._answer_ready_waiters()
+        self.scheduler.schedule()
+
+    def _answer_ready_waiters(self) -> None:
+        if not self._ready_waiters:
+            return
+        if self.state is not SupervisorState.RUNNING:
+            error: BaseException | None = RuntimeBrokenError(self.broken_message())
+        elif self.pool.ready_count() >= self.pool.size:
+            error = None
+        else:
+            return
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for fut in waiters:
+            if fut.set_running_or_notify_cancel():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
 
     # --- starting runs ---------------------------------------------------------------------------------
     def forget(self, key: int) -> None:
@@ -241,6 +272,7 @@ class Supervisor:
         log.error("procflow: %s", reason)
         for run in list(self.runs.values()):
             self.fail(run, RuntimeBrokenError(self.broken_message()))
+        self._answer_ready_waiters()
 
     def broken_message(self) -> str:
         if self.state is SupervisorState.BROKEN:
@@ -321,6 +353,7 @@ class Supervisor:
 
     async def _close(self, timeout: float) -> None:
         self.state = SupervisorState.CLOSED
+        self._answer_ready_waiters()
         self.pool.close()
         for run in list(self.runs.values()):
             self.fail(run, RuntimeBrokenError("the procflow runtime has been shut down"))
