@@ -52,11 +52,12 @@ COLUMNS = {
     "failed": ("failed", "fail", "fail"),
     "cancelled": ("cancelled", "canc", "cnc"),
 }
-LEGEND = "wkr: waiting for a worker · n_w: for num_workers · evt: for an event"
+LEGEND = {"pending": "wkr: waiting for a worker", "queued": "n_w: on num_workers",
+          "waiting": "evt: for an event", "cancelled": "cnc: cancelled"}
 
 
-def _table(stats: RunStats, width: int) -> tuple[list[str], list[str], bool]:
-    """Header line, one line per step, and whether the narrow headers (which need the legend) are used."""
+def _table(stats: RunStats, width: int) -> tuple[list[str], list[str], list[str]]:
+    """Header line, one line per step, and the legend the narrow headers need (if they are used)."""
     keys = ["running", "pending", "queued"]
     if any(c.suspended for c in stats.steps.values()):
         keys.append("waiting")
@@ -80,7 +81,7 @@ def _table(stats: RunStats, width: int) -> tuple[list[str], list[str], bool]:
     header = clip("step".ljust(name_w) + "".join(f"  {h:>{w}}" for h, w in zip(heads, cols)), width)
     lines = [clip(pad(name, name_w) + "".join(f"  {v:>{w}}" for v, w in zip(vals, cols)), width)
              for name, vals in rows]
-    return [header], lines, form == 2
+    return [header], lines, [LEGEND[k] for k in keys if k in LEGEND] if form == 2 else []
 
 
 def panel(stats: RunStats, title: str, width: int, height: int, notes: list[str]) -> list[str]:
@@ -99,7 +100,7 @@ def panel(stats: RunStats, title: str, width: int, height: int, notes: list[str]
         progress = f"{elapsed} · {runs(t['finished'])} finished, {t['running']} running"
         if t["failed"]:
             progress += f", {t['failed']} failed"
-    head, rows, narrow = _table(stats, width)
+    head, rows, legend = _table(stats, width)
     busy = stats.busy()
     cores = stats.cpu.cores()
     pool = [f"workers {len(busy)}/{stats.workers} busy", f"{max(0, stats.workers - len(busy))} idle"]
@@ -109,14 +110,12 @@ def panel(stats: RunStats, title: str, width: int, height: int, notes: list[str]
     now = stats.now()
     running = [f"{pid} {','.join(sorted({i.step for i in invs}))} "
                f"{clock(now - min(i.started or now for i in invs))}" for pid, invs in sorted(busy.items())]
-    extra = wrap_at(running, width, sep="  ", indent="  ")[:2] if running else []
-    extra = ["  " + extra[0][:width - 2]] + extra[1:] if extra else []
+    extra = ["  " + line for line in wrap_at(running, width - 2, sep="  ", indent="")[:2]]
     noted = [clip(n, width) for n in notes]
     info = []
     if any(stats.pending(s) is None for s in stats.steps):
         info.append(clip("? = not reported by this runtime while every worker is busy", width))
-    if narrow:
-        info += wrap_at(LEGEND.split(" · "), width)
+    info += wrap_at(legend, width, indent="")
     if stats.last_event:
         info.append(clip(f"last event  {stats.last_event}", width))
     top = [clip(title, width), clip(progress, width)] + head
