@@ -266,7 +266,7 @@ def test_a_terminal_gets_a_panel_redrawn_in_place(flows: Path) -> None:
     text = b"".join(chunks).decode()
     assert "\x1b[J" in text and "A\r" in text  # cursor up and clear: the panel redraws in place
     assert "workers 1/1 busy" in text and "spin" in text
-    assert "\x1b[Jspinning in the worker" in text  # a step's print shows above the panel
+    assert "\r\x1b[2Kspinning in the worker\x1b[K" in text  # a step's print shows above the panel
     assert text.rstrip().endswith("spun")
 
 

@@ -16,9 +16,15 @@ How it stays whole (hand-written ANSI; see docs/cli.md for why not a library):
 - every line is clipped to width - 1 columns, and the panel to height - 1 lines, so nothing wraps and the
   top of the panel is never scrolled out of the cursor's reach;
 - a redraw moves the cursor up by the rows the previous frame takes *now* (its lines re-measured at the
-  current width: a terminal that reflows on a narrowing resize wraps them), clears to the end of the
-  screen, prints what the steps printed meanwhile, then the panel; one write per frame, inside the
-  terminal's synchronized-update brackets where supported (ignored elsewhere).
+  current width: a terminal that reflows on a narrowing resize wraps them), prints what the steps printed
+  meanwhile, then the panel, each line on a row erased first (``ESC[2K``: which also drops the "wrapped"
+  mark tmux leaves on rows it reflowed, that would glue them together on the next resize), then erases
+  what is left below (``ESC[J``, from the row under the panel). It never clears from the screen's
+  top-left corner, which tmux (``scroll-on-clear``) would copy into the scrollback on every frame. One
+  write per frame, inside the terminal's synchronized-update brackets where supported (else ignored).
+- after a narrowing resize, a terminal that reflows may have pushed the top of the last frame into its
+  scrollback (tmux keeps the cursor's row); moving up is then stopped by the screen's top row, and the
+  new frame is drawn from there: the screen is right, the scrollback keeps a piece of that one frame.
 
 fd 1 is a pipe while the panel is up because the workers inherit it: what they (or this process) print is
 read by a thread and shown above the panel, whole lines only, instead of tearing it.
@@ -36,11 +42,12 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .stats import RunStats, clock, runs, summary_lines
-from .text import bar, clip, pad, rows_of, terminal_size, width_of, wrap_at
+from .text import bar, clip, fold, pad, rows_of, terminal_size, width_of, wrap_at
 from .views import View, print_result
 
 TICK = 0.1  # seconds between redraws
 SYNC_ON, SYNC_OFF = "\x1b[?2026h", "\x1b[?2026l"
+ERASE_LINE = "\x1b[2K"  # the whole row, and (tmux) its "wrapped" mark left by a reflow on resize
 
 # column key -> headers (wide, medium, narrow)
 COLUMNS = {
@@ -114,7 +121,7 @@ def panel(stats: RunStats, title: str, width: int, height: int, notes: list[str]
     noted = [clip(n, width) for n in notes]
     info = []
     if any(stats.pending(s) is None for s in stats.steps):
-        info.append(clip("? = not reported by this runtime while every worker is busy", width))
+        info.append(clip("?: not reported by the runtime (no idle worker)", width))
     info += wrap_at(legend, width, indent="")
     if stats.last_event:
         info.append(clip(f"last event  {stats.last_event}", width))
@@ -218,8 +225,11 @@ class LiveView(View):
         width = max(1, columns - 1)  # never the last column: no pending wrap, no wrap
         lines = panel(self.stats, self.title, width, max(1, rows - 1), self.notes)
         up = sum(rows_of(line, columns) for line in self.drawn)
-        frame = [SYNC_ON, f"\x1b[{up}A" if up else "", "\r\x1b[J", above, self._take_printed(None)]
-        frame += [line + "\n" for line in lines]
+        printed = (above + self._take_printed(None)).splitlines()
+        frame = [SYNC_ON, f"\x1b[{up}A" if up else "", "\r"]
+        frame += [f"{ERASE_LINE}{line}\x1b[K\n" for line in printed]  # K: a long print's last row
+        frame += [f"{ERASE_LINE}{line}\n" for line in lines]
+        frame.append("\x1b[J")  # what is left of a longer frame below (never from the top-left corner)
         self.out.write("".join(frame) + SYNC_OFF)
         self.out.flush()
         self.drawn = lines
@@ -253,6 +263,6 @@ class LiveView(View):
         self._show_cursor()
         width = max(20, self.size()[0] - 1)
         for line in summary_lines(status, self.stats.summary()):
-            for part in wrap_at(line.split(" · "), width):
+            for part in fold(line, width):
                 print(part, file=self.out)
         print_result(outcome, self.out)

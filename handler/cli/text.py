@@ -82,7 +82,29 @@ def terminal_size(fd: int | None) -> tuple[int, int]:
         return 80, 24
 
 
-def wrap_at(parts: list[str], width: int, sep: str = " · ", indent: str = "  ") -> list[str]:
+def fold(line: str, width: int) -> list[str]:
+    """A line of prose in lines of at most ``width`` columns: broken between its `` · `` parts first, then
+    between words; continuation lines indented by two spaces."""
+    out: list[str] = []
+    for part in wrap_at(line.split(" · "), 10 ** 6 if width_of(line) <= width else width, clipped=False):
+        if width_of(part) <= width:
+            out.append(part)
+            continue
+        words = part.split(" ")
+        current = ""
+        for word in words:
+            candidate = f"{current} {word}" if current else word
+            if width_of(candidate) <= width or not current.strip():
+                current = candidate
+            else:
+                out.append(current)
+                current = "  " + word
+        out.append(current)
+    return [clip(x, width) for x in out]
+
+
+def wrap_at(parts: list[str], width: int, sep: str = " · ", indent: str = "  ", clipped: bool = True
+            ) -> list[str]:
     """Join ``parts`` with ``sep``, breaking lines between parts to stay within ``width``; a part longer
     than a whole line is clipped."""
     lines: list[str] = []
@@ -96,7 +118,7 @@ def wrap_at(parts: list[str], width: int, sep: str = " · ", indent: str = "  ")
             line = indent + part
     if line:
         lines.append(line)
-    return [clip(x, width) for x in lines]
+    return [clip(x, width) for x in lines] if clipped else lines
 
 
 def pad(text: str, width: int) -> str:

@@ -2,7 +2,8 @@
 
 It keeps the rows that scroll off the top (the scrollback), so that a torn redraw -- a panel left behind
 and drawn again below -- shows as the panel's title twice. ``wraps`` counts the lines that ran past the
-right edge (autowrap); the live view must never cause one.
+right edge (autowrap); the live view must never cause one. Like tmux (``scroll-on-clear``), clearing
+the whole screen from its top-left corner moves what was on it into the scrollback.
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ class Screen:
         if op == "A":
             self.r, self.pending_wrap = max(0, self.r - n), False
         elif op == "J":
+            if self.r == 0 and self.c == 0:  # tmux's scroll-on-clear: a whole-screen clear keeps the text
+                self.history += [line for line in self.lines()]
             self.screen[self.r][self.c:] = [" "] * (self.columns - self.c)
             for row in range(self.r + 1, self.rows):
                 self.screen[row] = [" "] * self.columns
+        elif op == "K" and args == "2":
+            self.screen[self.r] = [" "] * self.columns
         elif op == "K":
             self.screen[self.r][self.c:] = [" "] * (self.columns - self.c)
 

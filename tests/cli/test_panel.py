@@ -9,7 +9,7 @@ import pytest
 from actors import StepQueueChanged, StepStateChanged
 from handler.cli.live import LiveView, panel
 from handler.cli.stats import RunStats, StepCounts
-from handler.cli.text import bar, clip, pad, rows_of, width_of, wrap_at
+from handler.cli.text import bar, clip, fold, pad, rows_of, width_of, wrap_at
 
 from screen import Screen
 
@@ -43,7 +43,7 @@ def test_every_line_of_the_panel_fits_the_width_it_is_given(exact: bool, width: 
         assert "2/41 step runs" not in text  # nothing finished yet
         assert "0/43 step runs" in text  # 40 crunch invocations and 3 queued gathers known so far
     else:
-        assert "? = not reported by this runtime" in text
+        assert "?: not reported by the runtime" in text
 
 
 def test_the_panel_says_what_each_column_counts_and_narrow_terminals_get_a_legend() -> None:
@@ -71,6 +71,11 @@ def test_text_helpers_count_columns_not_characters() -> None:
     assert rows_of("x" * 80, 40) == 2 and rows_of("", 40) == 1 and rows_of("x" * 81, 40) == 3
     assert bar(0.5, 12) == "[█████░░░░░]" and bar(1.0, 4) == "[██]" and len(bar(0.33, 30)) == 30
     assert wrap_at(["aaaa", "bbbb", "cccc"], 12) == ["aaaa · bbbb", "  cccc"]
+    speed = "speed: 0.85x = CPU time of the workers 5.82s / wall time 6.84s"
+    assert fold(speed, 49) == ["speed: 0.85x = CPU time of the workers 5.82s /", "  wall time 6.84s"]
+    assert fold("completed in 6.8s · 81 step runs, 0 failed · 2 of 2 workers used", 49) == [
+        "completed in 6.8s · 81 step runs, 0 failed", "  2 of 2 workers used"]
+    assert fold("short · line", 49) == ["short · line"]
 
 
 @pytest.mark.parametrize("columns", [40, 57, 120])
