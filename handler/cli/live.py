@@ -97,12 +97,15 @@ def panel(stats: RunStats, title: str, width: int, height: int, notes: list[str]
     elapsed = clock(stats.elapsed())
     if t["known"]:
         frac = t["finished"] / t["known"]
-        tail = f" {t['finished']}/{t['known']} step runs {frac:.0%}"
         eta = stats.eta(t["known"] - t["finished"])
-        if eta is not None:
-            tail += f" · ~{clock(eta)} left"
-        room = width - len(elapsed) - 1 - width_of(tail)
-        progress = f"{elapsed} {bar(frac, min(40, room))}{tail}" if room >= 8 else f"{elapsed}{tail}"
+        left = f" · ~{clock(eta)} left" if eta is not None else ""
+        count = f" {t['finished']}/{t['known']}"
+        tails = [f"{count} step runs {frac:.0%}{left}", f"{count} {frac:.0%}{left}", f"{count} {frac:.0%}"]
+        for tail in tails:  # the longest text that leaves room for a bar of 12 columns
+            room = width - len(elapsed) - 1 - width_of(tail)
+            if room >= 12:
+                break
+        progress = f"{elapsed} {bar(frac, min(40, room))}{tail}" if room >= 6 else f"{elapsed}{tail}"
     else:
         progress = f"{elapsed} · {runs(t['finished'])} finished, {t['running']} running"
         if t["failed"]:

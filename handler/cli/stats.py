@@ -265,8 +265,9 @@ class RunStats:
                 out.setdefault(inv.pid, []).append(inv)
         return out
 
-    def pending(self, step: str) -> int | None:
-        """Invocations of ``step`` waiting for a worker; None when the runtime does not say."""
+    def pending(self, step: str, idle: bool | None = None) -> int | None:
+        """Invocations of ``step`` waiting for a worker; None when the runtime does not say. ``idle``:
+        whether some worker is idle, if the caller knows."""
         c = self.counts(step)
         if self.exact:
             return c.pending
@@ -274,7 +275,7 @@ class RunStats:
             return c.derived
         if step in self.first_steps and (c.running or c.done) and not (c.waiting or c.failed):
             return 0  # its one invocation has started (and will not be run again: no retry, no wait)
-        if len(self.busy()) < self.workers:
+        if idle if idle is not None else len(self.busy()) < self.workers:
             return 0  # a worker is idle: the pool would have placed anything waiting for one
         return None
 
@@ -285,7 +286,8 @@ class RunStats:
         finished = sum(c.finished + c.suspended for c in cs)
         running = sum(c.running for c in cs)
         queued = sum(c.queued for c in cs)
-        pending = [self.pending(s) for s in self.steps]
+        idle = len(self.busy()) < self.workers
+        pending = [self.pending(s, idle) for s in self.steps]
         waiting_worker = None if any(p is None for p in pending) else sum(p or 0 for p in pending)
         known = finished + running + queued + (waiting_worker or 0) if self.exact else None
         return {"finished": finished, "running": running, "queued": queued, "pending": waiting_worker,
