@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from actors import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 from actors.host import WorkflowSpec
 
-from .html import PALETTE, esc, page
+from .pages import PALETTE, esc, page
 from .layout import Layout, layout
 
 CHAR_W, STEP_H, EVENT_H = 7.3, 44.0, 30.0  # 12px monospace: about 7.3 px per character

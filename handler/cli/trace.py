@@ -18,7 +18,7 @@ from typing import Any
 from actors.host import WorkflowSpec
 
 from .graph import Overlay, legend, svg
-from .html import PALETTE, esc, page
+from .pages import PALETTE, esc, page
 from .stats import Invocation, RunStats, clock
 
 MAX_BARS = 20_000  # invocations drawn on the timeline (a page stays light enough for a browser)
