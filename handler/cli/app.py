@@ -10,8 +10,9 @@ target: ``--kw`` takes the KEY=VALUE words that follow it, and stops at the firs
 usage error is one line on stderr and exit code 2.
 
 The pieces: ``loading`` (the workflow class and the checks before a run), ``watch`` (the run's loop, Ctrl-C,
-outcome), ``stats`` (what is known about the run), ``live`` / ``views`` (terminal panel; lines; JSON),
-``prompt`` (questions to stdin), ``graph`` / ``trace`` (Mermaid, DOT and HTML pictures).
+outcome), ``stats`` (what is known about the run), ``live`` / ``views`` (terminal panel; lines; JSON) with
+``text`` (widths, clipping), ``prompt`` (questions to stdin), ``graph`` (Mermaid, DOT, SVG of the spec) with
+``layout`` (where the boxes go) and ``pages`` (the HTML shell), ``trace`` (the page of a run).
 """
 
 from __future__ import annotations

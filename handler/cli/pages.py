@@ -55,6 +55,7 @@ svg .bar { stroke: rgba(0,0,0,.25); stroke-width: .6; }
 svg .bar.failed { stroke: #c92a2a; stroke-width: 2; }
 svg .bar.unfinished { stroke-dasharray: 3 2; }
 svg .mark { stroke: #7048e8; stroke-width: 1.5; }
+svg .asked { fill: #d0bfff; stroke: #7048e8; stroke-width: .8; }
 """
 
 # Hover a node: it, its edges and its neighbours stay; the rest fades. A click pins the highlight.

@@ -18,10 +18,12 @@ import collections
 import json
 import os
 import select
+import time
 from typing import Any, Literal
 
 from actors import Event, HumanResponseEvent, InputRequiredEvent, WorkflowError
 
+from .stats import Question
 from .views import View
 
 Mode = Literal["text", "json", "off"]
@@ -72,6 +74,7 @@ class Prompter:
     def _next(self) -> None:
         if self.waiting and self.mode != "off":
             self.asking = question(self.waiting.popleft())
+            self.view.stats.questions.append(Question(self.asking, time.monotonic()))
             self.view.prompt(self.asking)
 
     def poll(self, timeout: float) -> None:
@@ -120,6 +123,8 @@ class Prompter:
         try:
             self.handler.send_event_sync(ev)
             self.answers += 1
+            record = self.view.stats.questions[-1]
+            record.answered, record.answer = time.monotonic(), line
         except WorkflowError as exc:  # the run ended meanwhile
             self.view.notice(f"the answer was not delivered: {exc}")
         self._next()

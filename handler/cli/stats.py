@@ -128,6 +128,16 @@ class CpuMeter:
 
 
 @dataclass
+class Question:
+    """A question asked on stdin (HITL), for the trace page: when asked and answered (None: never)."""
+
+    text: str
+    asked: float
+    answered: float | None = None
+    answer: str = ""
+
+
+@dataclass
 class RunStats:
     steps: dict[str, StepCounts]
     workers: int = 1
@@ -143,6 +153,7 @@ class RunStats:
     unfinished: int = 0  # invocations still pending or running when the run ended
     events: int = 0
     published: list[Published] = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)
     last_event: str = ""
     finishes: collections.deque[float] = field(default_factory=collections.deque)
     cpu: CpuMeter = field(default_factory=CpuMeter)

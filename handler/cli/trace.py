@@ -5,7 +5,8 @@
                 and the steps in the order they first ran (first start, last end, runs, failures, time)
     timeline    one lane per worker process; a bar per step invocation from its start to its end, coloured
                 by step (hover: step, input event, times); a lane of the events written to the stream
-    stream      the first events the run wrote to the stream (what ``iter_events`` gives), with times
+    stream      the first events the run wrote to the stream (what ``iter_events`` gives), with times, and
+                the answers sent to the run's questions
 
 Built from ``RunStats`` (the CLI's record of the stream's ``StepStateChanged`` events, timed as they came
 off the stream) and the spec: a pure function, no I/O.
@@ -87,6 +88,7 @@ def _timeline(stats: RunStats, spec: WorkflowSpec) -> tuple[str, int]:
             lanes.append(inv.pid)  # type: ignore[arg-type]
     marks = [p for p in stats.published if p.type != "StopEvent"][:2000]
     names = [f"worker {pid}" for pid in lanes] + (["stream"] if marks else [])
+    names += ["you"] if stats.questions else []
     height = AXIS_H + LANE_H * max(1, len(names)) + 8
     width = LABEL_W + PLOT_W + 20
 
@@ -123,6 +125,14 @@ def _timeline(stats: RunStats, spec: WorkflowSpec) -> tuple[str, int]:
         for m in marks:
             out.append(f'<line class="mark" x1="{x(m.t):.1f}" x2="{x(m.t):.1f}" y1="{y + 4:.1f}" '
                        f'y2="{y + LANE_H - 4:.1f}"><title>{esc(f"{m.t - t0:.3f}s {m.text}")}</title></line>')
+    y = AXIS_H + (len(names) - 1) * LANE_H + 4
+    for q in stats.questions:  # from the question to its answer: the run waited for a person
+        end = q.answered if q.answered is not None else t1
+        said = f"answered {q.answer!r} after {end - q.asked:.3f}s" if q.answered is not None \
+            else "not answered"
+        out.append(f'<rect class="asked" x="{x(q.asked):.2f}" y="{y:.1f}" '
+                   f'width="{max(2.0, x(end) - x(q.asked)):.2f}" height="{LANE_H - 8}" rx="2">'
+                   f"<title>{esc(f'{q.asked - t0:.3f}s {q.text.strip()} {said}')}</title></rect>")
     out.append("</svg>")
     return "\n".join(out), left_out
 
@@ -131,8 +141,11 @@ def _stream_table(stats: RunStats) -> str:
     shown = stats.published[:200]
     if not shown:
         return '<p class="sub">the run wrote no events to the stream but its end.</p>'
-    rows = "".join(f'<tr><td class="num">{p.t - stats.started:.3f}s</td><td><code>{esc(p.type)}</code></td>'
-                   f'<td class="mono">{esc(p.text)}</td></tr>' for p in shown)
+    entries = sorted([(p.t, p.type, p.text) for p in shown] + [
+        (q.answered, "answer", f"HumanResponseEvent(response={q.answer!r}) sent for {q.text.strip()!r}")
+        for q in stats.questions if q.answered is not None])
+    rows = "".join(f'<tr><td class="num">{t - stats.started:.3f}s</td><td><code>{esc(kind)}</code></td>'
+                   f'<td class="mono">{esc(text)}</td></tr>' for t, kind, text in entries)
     more = (f'<p class="sub">… and {len(stats.published) - len(shown)} more.</p>'
             if len(stats.published) > len(shown) else "")
     return (f'<table><thead><tr><th class="num">time</th><th>type</th><th>event</th></tr></thead>'
@@ -162,7 +175,7 @@ def trace_page(spec: WorkflowSpec, stats: RunStats, outcome: dict[str, Any], tit
             f'<h2>Order</h2>\n<div class="card">{_order_table(stats, spec)}</div>\n'
             f'<h2>Timeline</h2>\n<p class="sub">one lane per worker process; a bar per step invocation, '
             f"from the moment it started to the moment it ended (as the stream reported them); purple "
-            f"ticks: events written to the stream.</p>\n"
+            f"ticks: events written to the stream; lane <i>you</i>: from a question to its answer.</p>\n"
             f'<div class="card">{timeline}</div>\n<div class="legend">{colours}</div>\n{note}'
             f"<h2>Stream</h2>\n<div class=\"card\">{_stream_table(stats)}</div>")
     return page(f"{spec.name} run · procflow trace", body)

@@ -4,18 +4,24 @@ sent back as a HumanResponseEvent (plain lines, or JSON lines with --json); --no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from clitools import FLOWS, run_cli
 
 
-def test_answers_piped_to_stdin_go_to_the_questions_in_order() -> None:
-    done = run_cli("run", f"{FLOWS}:Ask", "--workers", "1", stdin="ada\nblue\n")
+def test_answers_piped_to_stdin_go_to_the_questions_in_order_and_the_trace_shows_them(tmp_path: Path
+                                                                                    ) -> None:
+    trace = tmp_path / "ask.html"
+    done = run_cli("run", f"{FLOWS}:Ask", "--workers", "1", "--trace", str(trace), stdin="ada\nblue\n")
     assert done.code == 0, done.err
     lines = done.out.splitlines()
     asked = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
     assert asked == ["input required: Your name? ", "answered: ada",
                      "input required: Favourite colour? ", "answered: blue"]
     assert json.loads(done.out[done.out.index("\n{") + 1:]) == {"name": "ada", "colour": "blue"}
+    page = trace.read_text()
+    assert page.count('<rect class="asked"') == 2  # the "you" lane: from each question to its answer
+    assert "HumanResponseEvent(response=&#x27;ada&#x27;) sent for &#x27;Your name?&#x27;" in page
 
 
 def test_json_mode_reads_one_json_answer_per_line_and_says_when_a_line_is_not_json() -> None:
