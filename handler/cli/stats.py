@@ -163,7 +163,8 @@ class RunStats:
         return self.ended or time.monotonic()
 
     def elapsed(self) -> float:
-        return self.now() - self.started
+        """Seconds since the run started (to the millisecond once it has ended: one figure everywhere)."""
+        return round(self.ended - self.started, 3) if self.ended else time.monotonic() - self.started
 
     def counts(self, step: str) -> StepCounts:
         return self.steps.setdefault(step, StepCounts())
