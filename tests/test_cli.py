@@ -196,13 +196,16 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 90) -> Done:
 
 
 # --- running ----------------------------------------------------------------------------------------
-def test_the_shipped_pipeline_runs_and_prints_wall_time_beside_sequential_time() -> None:
+def test_the_shipped_pipeline_runs_and_prints_one_speed_figure_beside_its_result() -> None:
     done = run_cli("run", "perf/pipeline.py:Pipeline", "--kw", "limit=20000", "parts=4", "--workers", "2")
     assert done.code == 0, done.err
     lines = done.out.splitlines()
-    assert any(" crunch " in line and " running " in line for line in lines)  # live, one line per change
-    summary = next(line for line in lines if line.startswith("completed in "))
-    assert "4 of 2" not in summary and "step runs" in summary
+    summary = next(i for i, line in enumerate(lines) if line.startswith("completed in "))
+    assert lines[0].startswith("procflow: Pipeline · perf/pipeline.py · run ")
+    progress = lines[1:summary]  # not a terminal: a line per second of progress, not one per change
+    assert all(line.startswith("[") for line in progress), progress
+    assert "9 step runs, 0 failed" in lines[summary] and "of 2 workers used" in lines[summary]
+    assert lines[summary + 1].startswith("speed: ") and "x = CPU time of the workers" in lines[summary + 1]
     result = json.loads(done.out[done.out.index("\n{") + 1:])
     assert result["longest_chain"] == {"start": 17647, "steps": 278}  # the longest chain below 20,000
     assert result["chunks"] == 4
@@ -262,8 +265,8 @@ def test_a_terminal_gets_a_panel_redrawn_in_place(flows: Path) -> None:
     _assert_nothing_left(proc.pid)
     text = b"".join(chunks).decode()
     assert "\x1b[J" in text and "A\r" in text  # cursor up and clear: the panel redraws in place
-    assert "busy workers" in text and "spin" in text
-    assert "\x1b[Jspinning in the worker" in text  # a step's print shows above the panel
+    assert "workers 1/1 busy" in text and "spin" in text
+    assert "\r\x1b[2Kspinning in the worker\x1b[K" in text  # a step's print shows above the panel
     assert text.rstrip().endswith("spun")
 
 
