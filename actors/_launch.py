@@ -25,5 +25,28 @@ def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEv
     global _entry
     if _entry is None:
         module, _, name = ENTRY_POINT.partition(":")
-        _entry = getattr(importlib.import_module(module), name)
+        try:
+            _entry = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise _shadowed(module.partition(".")[0]) or exc
     return _entry(workflow, ctx, start_event, kwargs)
+
+
+def _shadowed(package: str) -> Exception | None:
+    """A clear error when a user's own ``handler.py`` (or ``handler/``) comes first on ``sys.path`` and
+    hides procflow's package of that name; None when that is not what happened."""
+    import importlib.util
+    from pathlib import Path
+
+    from .errors import WorkflowRuntimeError
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    ours = Path(__file__).resolve().parent.parent / package
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    if origin is None or origin.parent == ours or origin == ours:
+        return None
+    return WorkflowRuntimeError(
+        f"{origin} shadows procflow's '{package}' package (it comes first on sys.path); rename your file")

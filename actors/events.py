@@ -73,13 +73,15 @@ class InternalDispatchEvent(Event):
 
 
 class StepStateChanged(InternalDispatchEvent):
-    """A step invocation started or finished (``state`` is "running", "done" or "failed")."""
+    """A step invocation changed state: "pending" (waiting for a worker), "running", "done", "failed",
+    "waiting" (in ``wait_for_event``) or "cancelled". ``t`` is the parent's ``time.monotonic()`` then."""
 
     step: str
     state: str
     worker_pid: int | None = None
     input_event: str = ""
     invocation: int = 0
+    t: float = 0.0
 
 
 class StepQueueChanged(InternalDispatchEvent):

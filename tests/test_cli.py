@@ -217,9 +217,9 @@ def test_json_prints_one_event_per_line_then_the_result(flows: Path) -> None:
     assert done.code == 0, done.err
     *events, last = done.json_lines()
     states = [(e["event"]["step"], e["event"]["state"]) for e in events if e["type"] == "StepStateChanged"]
-    assert states == [("greet", "running"), ("greet", "done")]
+    assert states == [("greet", "pending"), ("greet", "running"), ("greet", "done")]
     assert all(e["internal"] for e in events if e["type"] == "StepStateChanged")
-    assert isinstance(events[0]["event"]["worker_pid"], int)
+    assert events[0]["event"]["worker_pid"] is None and isinstance(events[1]["event"]["worker_pid"], int)
     assert events[-1]["type"] == "StopEvent"
     assert last["status"] == "completed"
     assert last["result"] == {"hello": "ada", "n": [1, 2]}  # --kw values are JSON when they parse

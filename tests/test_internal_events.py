@@ -52,8 +52,11 @@ def _check_step_states(events: list[Event], worker_pids: list[int]) -> list[Step
     by_inv: dict[int, list[str]] = {}
     for ev in states:
         by_inv.setdefault(ev.invocation, []).append(ev.state)
+        if ev.state == "pending":  # waiting for a worker: it has none yet
+            assert ev.worker_pid is None
+            continue
         assert ev.worker_pid in worker_pids
-    assert all(seq == ["running", "done"] for seq in by_inv.values())
+    assert all(seq == ["pending", "running", "done"] for seq in by_inv.values())
     return states
 
 
@@ -66,7 +69,7 @@ async def test_stream_events_with_expose_internal_says_which_step_ran_where_on_w
     running = sorted((ev.step, ev.input_event) for ev in states if ev.state == "running")
     assert running == sorted([("begin", "StartEvent")] + [("work", "Work")] * 3
                              + [("gather", "Result")] * 3)
-    work_pids = {ev.worker_pid for ev in states if ev.step == "work"}
+    work_pids = {ev.worker_pid for ev in states if ev.step == "work" and ev.state != "pending"}
     assert work_pids == {pid for _, pid in result}  # the reported pid is where the step ran
     assert isinstance(events[-1], StopEvent)
 
@@ -105,7 +108,7 @@ def test_a_failing_step_reports_the_failed_state(rt: ProcessRuntime) -> None:
     handler = Boom(runtime=rt).run()
     events = list(handler.iter_events(expose_internal=True, timeout=30))
     states = [(ev.step, ev.state) for ev in events if isinstance(ev, StepStateChanged)]
-    assert states == [("begin", "running"), ("begin", "failed")]
+    assert states == [("begin", "pending"), ("begin", "running"), ("begin", "failed")]
     with pytest.raises(ValueError, match="boom"):
         handler.result(30)
 
@@ -140,4 +143,4 @@ def test_an_invocation_whose_worker_died_is_reported_failed(rt: ProcessRuntime) 
     for ev in events:
         if isinstance(ev, StepStateChanged):
             by_inv.setdefault(ev.invocation, []).append(ev.state)
-    assert sorted(by_inv.values()) == [["running", "done"], ["running", "failed"]]
+    assert sorted(by_inv.values()) == [["pending", "running", "done"], ["pending", "running", "failed"]]

@@ -3,16 +3,11 @@
     FILE.py[:Class]        a file (its directory goes on ``sys.path``, for the file's sibling imports)
     package.module:Class   an importable module
 
-Workers unpickle the file's classes by module name, so the module must import that very file in a worker
-too (workers inherit ``sys.path``). That name is the file's stem when the stem is free and finds the file;
-otherwise (``json.py``, ``my-flow.py``, a stem already imported) a private name, made importable by a
-one-line shim module in a temporary directory on ``sys.path``.
-
-Why not ``cloudpickle.register_pickle_by_value``: it ships the workflow's definition by value, but the
-engine's codec pickles *payloads* with stdlib pickle, by reference, for any class not defined in
-``__main__`` -- so a start event holding a pydantic model from the user's file (not an ``Event``) could not
-be unpickled in a worker under a private name (``No module named '_procflow_...'``). The shim keeps every
-class importable by the same name in every process.
+Workers unpickle the file's classes by module name when they can import it: the file's stem, when the stem
+is free and finds the file (workers inherit ``sys.path``). Otherwise (``json.py``, ``my-flow.py``, a stem
+already imported) the file is imported under a private name and registered with
+``cloudpickle.register_pickle_by_value``: its classes and functions then travel by value (the engine's codec
+honours that registry for payloads too, and ships event classes once, by key).
 
 Shadowing: a user's ``handler.py`` (or ``actors.py``, ``runtime.py``, or a package of those names) in a
 directory on ``sys.path`` ahead of procflow would be what the workers import instead of procflow; the loader
@@ -21,7 +16,6 @@ refuses with one line naming the file.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import importlib
 import importlib.machinery
@@ -29,12 +23,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
+
+import cloudpickle
 
 from actors import Workflow, WorkflowError, WorkflowValidationError
 from actors.host import WorkflowSpec, spec_of, validate, validated_spec
@@ -158,8 +152,10 @@ def _load_file(path: Path) -> ModuleType:
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     name = path.stem
-    if "." in name or name in sys.modules or not _finds(name, path):
-        name = _shim(path)
+    by_value = "." in name or name in sys.modules or not _finds(name, path)
+    if by_value:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+        name = f"_procflow_file_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot import {path}: not a Python file")
@@ -172,6 +168,8 @@ def _load_file(path: Path) -> ModuleType:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise UsageError(f"cannot import {path}: {type(exc).__name__}: {one_line_error(exc)}") from exc
+    if by_value:  # no worker can import it under this name: its definitions travel by value
+        cloudpickle.register_pickle_by_value(module)
     return module
 
 
@@ -181,25 +179,6 @@ def _finds(name: str, path: Path) -> bool:
     except (ImportError, ValueError):
         return False
     return spec is not None and spec.origin is not None and Path(spec.origin).resolve() == path
-
-
-_SHIM = """import importlib.util, sys
-_spec = importlib.util.spec_from_file_location(__name__, {path!r})
-_module = importlib.util.module_from_spec(_spec)
-sys.modules[__name__] = _module  # the import statement returns what sys.modules holds at the end
-_spec.loader.exec_module(_module)
-"""
-
-
-def _shim(path: Path) -> str:
-    """A unique module name that imports ``path`` anywhere ``sys.path`` is inherited (the workers)."""
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    name = f"_procflow_file_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
-    folder = tempfile.mkdtemp(prefix="procflow-")
-    atexit.register(shutil.rmtree, folder, True)
-    Path(folder, f"{name}.py").write_text(_SHIM.format(path=str(path)))
-    sys.path.insert(0, folder)
-    return name
 
 
 def _workflows_in(module: ModuleType) -> list[type[Workflow]]:

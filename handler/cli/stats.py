@@ -171,7 +171,10 @@ class RunStats:
 
     # --- feeding -------------------------------------------------------------------------------------
     def feed(self, ev: Event, t: float | None = None) -> None:
-        t = time.monotonic() if t is None else t
+        # A step event carries the moment the supervisor saw the change (same monotonic clock, same
+        # process): better than when this reader took it off the stream.
+        stamped = getattr(ev, "t", 0.0) if isinstance(ev, StepStateChanged) else 0.0
+        t = stamped or (time.monotonic() if t is None else t)
         self.events += 1
         after_queue, self._after_queue = self._after_queue, None
         if isinstance(ev, StepStateChanged):

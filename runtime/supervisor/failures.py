@@ -153,6 +153,7 @@ class Failures:
         to_cancel: dict[Worker, list[int]] = {}
         for inv in list(run.invs.values()):
             if inv.worker is None:
+                report.step_changed(run, inv, "cancelled")  # it never got a worker
                 self.sup.scheduler.release(inv)
             elif inv.is_async:
                 to_cancel.setdefault(inv.worker, []).append(inv.inv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from actors import StepQueueChanged, StepStateChanged
@@ -49,8 +50,9 @@ def step_changed(run: RunState, inv: Invocation, state: str) -> None:
     pid = inv.worker.pid if inv.worker is not None else None
     # model_construct: built from trusted values on the hot path, so validation is skipped.
     run.adapter.events.put(StepStateChanged.model_construct(
-        step=inv.step, state=state, worker_pid=pid, input_event=inv.event.type_name, invocation=inv.inv))
-    if run.workflow.verbose:
+        step=inv.step, state=state, worker_pid=pid, input_event=inv.event.type_name, invocation=inv.inv,
+        t=time.monotonic()))
+    if run.workflow.verbose and state != "pending":
         _printer.print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
                        f"(worker {pid}, input {inv.event.type_name})")
 

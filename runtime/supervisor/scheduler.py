@@ -54,6 +54,7 @@ class Scheduler:
         self.pending.append(inv)
         if not inv.is_async:
             self.waiting_sync += 1
+        report.step_changed(run, inv, "pending")  # waits for a worker: a live view counts it
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""

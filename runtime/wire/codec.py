@@ -51,7 +51,11 @@ class _DefinitionPickler(cloudpickle.Pickler):
 
 
 def _needs_value(obj: Any) -> bool:
-    return getattr(obj, "__module__", None) == "__main__" or "<locals>" in getattr(obj, "__qualname__", "")
+    """Whether ``obj`` (a class or function) must travel by value: defined in ``__main__``, in a function,
+    or in a module registered with ``cloudpickle.register_pickle_by_value`` (a script the CLI loaded)."""
+    module = getattr(obj, "__module__", None)
+    return (module == "__main__" or "<locals>" in getattr(obj, "__qualname__", "")
+            or module in cloudpickle.list_registry_pickle_by_value())
 
 
 class Codec:
