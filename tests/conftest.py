@@ -15,31 +15,58 @@ import uvloop
 
 from runtime import ProcessRuntime, shutdown_default_runtime
 
-# multiprocessing's own helpers live as long as the test process and are not workers of any runtime.
-_INFRASTRUCTURE = ("forkserver", "resource_tracker")
+# multiprocessing's own servers live as long as the test process and belong to no runtime. They are recognised
+# by the code their interpreter was started with; a worker forked by the forkserver inherits the forkserver's
+# command line, so a process with that command line is a server only if its parent is not a server too.
+_SERVER_MAINS = (
+    "from multiprocessing.forkserver import main",
+    "from multiprocessing.resource_tracker import main",
+)
 
 
-def _children() -> dict[int, psutil.Process]:
+def _is_server(cmdline: str) -> bool:
+    return any(main in cmdline for main in _SERVER_MAINS)
+
+
+def live_descendants() -> dict[int, psutil.Process]:
+    """Every live (not zombie) descendant of this process -- workers, what their steps started, child
+    interpreters -- except multiprocessing's forkserver and resource tracker themselves."""
     out = {}
     for p in psutil.Process().children(recursive=True):
         try:
-            if not any(word in " ".join(p.cmdline()) for word in _INFRASTRUCTURE):
-                out[p.pid] = p
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if _is_server(" ".join(p.cmdline())):
+                parent = p.parent()
+                if parent is None or not _is_server(" ".join(parent.cmdline())):
+                    continue  # the server itself, not one of the processes it forked
+            out[p.pid] = p
         except psutil.Error:
-            pass
+            pass  # gone meanwhile
     return out
+
+
+def leaked_since(before: set[int], attempts: int = 30, interval: float = 0.1) -> dict[int, psutil.Process]:
+    """Descendants that were not in ``before`` and are still alive after ``attempts`` polls ``interval``
+    apart (exits are asynchronous: a worker being shut down may take a moment to go)."""
+    leaked: dict[int, psutil.Process] = {}
+    for i in range(attempts):
+        leaked = {pid: p for pid, p in live_descendants().items() if pid not in before}
+        if not leaked:
+            return {}
+        if i < attempts - 1:
+            time.sleep(interval)
+    return leaked
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail the test that leaves a child process behind (retrying a moment: exits are asynchronous)."""
-    before = set(_children())
+    before = set(live_descendants())
     yield
-    for _ in range(30):
-        leaked = {pid: p for pid, p in _children().items() if pid not in before}
-        if not leaked:
-            return
-        time.sleep(0.1)
+    leaked = leaked_since(before)
+    if not leaked:
+        return
     names = []
     for p in leaked.values():
         try:
@@ -101,4 +128,4 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-__all__ = ["pid_gone", "wait_until"]
+__all__ = ["leaked_since", "live_descendants", "pid_gone", "wait_until"]
