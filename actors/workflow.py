@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import sys
+import threading
 import weakref
 
 from pydantic import BaseModel
@@ -109,15 +110,20 @@ class Workflow:
         """The workflow's graph, read once per class."""
         cached = cls.__dict__.get("_procflow_spec")
         if cached is None or cached[0] != Workflow._steps_version:
-            cached = (Workflow._steps_version, _build_spec(cls))
-            cls._procflow_spec = cached  # type: ignore[attr-defined]
+            # Threads racing a class's first runs build its graph once, one at a time: storing it on the
+            # class while another thread reads the class's namespace would break that reader.
+            with _SPEC_LOCK:
+                cached = cls.__dict__.get("_procflow_spec")
+                if cached is None or cached[0] != Workflow._steps_version:
+                    cached = (Workflow._steps_version, _build_spec(cls))
+                    cls._procflow_spec = cached  # type: ignore[attr-defined]
         return cached[1]
 
     @classmethod
     def _all_step_functions(cls) -> dict[str, Callable[..., Any]]:
         found: dict[str, Callable[..., Any]] = {}
         for klass in reversed(cls.__mro__):
-            for name, attr in vars(klass).items():
+            for name, attr in list(vars(klass).items()):
                 if callable(attr) and hasattr(attr, STEP_ATTR):
                     found[name] = attr
             found.update(vars(klass).get("_free_steps", {}))
@@ -145,6 +151,7 @@ class Workflow:
         return f"<{self.workflow_name} timeout={self.timeout}>"
 
 
+_SPEC_LOCK = threading.RLock()
 _LOCALNS: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 

@@ -7,6 +7,7 @@ own to choose its size or start method, and pass it as ``Workflow(runtime=...)``
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import enum
@@ -68,11 +69,13 @@ class ProcessRuntime(Engine):
                                restart_window=restart_window, async_capacity=async_capacity,
                                launcher=_launcher)
         self._state = RuntimeState.NEW
-        # Re-entrant: a garbage collection inside _workflow_key may run a workflow's finalizer, _forget,
-        # on this same thread.
+        # Guards the lifecycle state and the workflow keys. No finalizer takes it (see _forget).
         self._lock = threading.RLock()
         self._keys = itertools.count(1)
-        self._workflow_keys: dict[int, tuple[int, Packed]] = {}  # id(workflow) -> key, definition
+        # id(workflow) -> (the workflow, weakly; its key; its definition). The weak reference tells a live
+        # entry from one whose object died and whose id a new object took.
+        self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed]] = {}
+        self._dead_keys: collections.deque[int] = collections.deque()
         register(self)
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -166,19 +169,29 @@ class ProcessRuntime(Engine):
         """The key workers know this workflow object by, and its definition (cloudpickled once per
         object; every run carries it, so no run can reach a worker before its definition does)."""
         with self._lock:
+            self._drop_dead_keys()
             known = self._workflow_keys.get(id(workflow))
-            if known is not None:
-                return known
+            if known is not None and known[0]() is workflow:
+                return known[1], known[2]
             key = next(self._keys)
             definition = self._sup.codec.pack_definition(workflow, spec_of(workflow),
                                                          event_types | {StartEvent})
-            self._workflow_keys[id(workflow)] = (key, definition)
+            self._workflow_keys[id(workflow)] = (weakref.ref(workflow), key, definition)
         weakref.finalize(workflow, self._forget, id(workflow), key)
         return key, definition
 
     def _forget(self, ident: int, key: int) -> None:
-        with self._lock:
+        """A workflow object was garbage-collected (a finalizer: any thread, at any allocation, maybe
+        while this thread holds some lock). It takes no lock: it queues the entry for the next
+        ``_workflow_key`` to drop, and tells the supervisor without waiting, so a finalizer can never
+        close a lock-order circle with a thread waiting for a lock this one holds."""
+        self._dead_keys.append(ident)
+        self._sup.door.call_soon(self._sup.forget, key)
+
+    def _drop_dead_keys(self) -> None:
+        # Holding self._lock. deque.popleft is atomic against the finalizer's append.
+        while self._dead_keys:
+            ident = self._dead_keys.popleft()
             known = self._workflow_keys.get(ident)
-            if known is not None and known[0] == key:
+            if known is not None and known[0]() is None:
                 del self._workflow_keys[ident]
-        self._sup.call(self._sup.forget, key)  # refused once shut down: nothing to forget then

@@ -175,7 +175,7 @@ class SyncInAsync(Workflow):
     @step
     async def misuse(self, ctx: Context[Tally], ev: StartEvent) -> StopEvent:
         if ev.call == "get_sync":
-            value = ctx.store.get_sync("n", default=1)
+            value = ctx.store.get_sync("n") + 1  # the typed state's default, 0, read back
         elif ev.call == "set_sync":
             ctx.store.set_sync("n", 1)
             value = 1

@@ -245,7 +245,13 @@ class Double(Workflow):
 
 assert Double(timeout=30).run(x=1).result(timeout=30) == 2  # the default runtime, now in use
 r, w = os.pipe()
+# The harness's faulthandler watchdog thread does not survive a fork, and CPython's exit then waits for it
+# for ever in the child (a plain fork shows it, without procflow): pause the watchdog around the fork.
+import faulthandler
+faulthandler.cancel_dump_traceback_later()
 pid = os.fork()
+if pid:
+    faulthandler.dump_traceback_later(60)
 if pid == 0:  # the forked child: a run, then a normal exit (atexit hooks and all)
     os.close(r)
     try:
