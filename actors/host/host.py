@@ -38,6 +38,7 @@ from .protocol import (
     Reply, Request, Shutdown, Suspended,
 )
 from ..workflow import Workflow, WorkflowSpec
+from . import resources
 from .backend import WorkerBackend
 
 
@@ -170,6 +171,7 @@ class ActorHost:
     async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
+            kwargs.update(await resources.inject(wspec.steps[msg.step], workflow))
             result = await fn(**kwargs)
             return self._done(msg, result)
         except asyncio.CancelledError:
@@ -182,6 +184,7 @@ class ActorHost:
     def _call_sync(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
+            kwargs.update(resources.inject_blocking(wspec.steps[msg.step], workflow, self.loop))
             return self._done(msg, fn(**kwargs))
         except Suspend as suspend:
             return self._suspended(msg, suspend)

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from actors import StepQueueChanged, StepStateChanged
+from actors import StepQueueChanged, StepState, StepStateChanged
 
 if TYPE_CHECKING:
     from runtime.run.state import Invocation, RunState
@@ -45,11 +45,15 @@ class _Printer:
 _printer = _Printer()
 
 
-def step_changed(run: RunState, inv: Invocation, state: str) -> None:
+def step_changed(run: RunState, inv: Invocation, state: str, output: str | None = None) -> None:
+    """An invocation started ("running": ``StepState.RUNNING``) or ended ("done", "failed", "waiting",
+    "cancelled": ``StepState.NOT_RUNNING``); ``output`` names the event a finished one returned."""
     pid = inv.worker.pid if inv.worker is not None else None
     # model_construct: built from trusted values on the hot path, so validation is skipped.
     run.adapter.events.put(StepStateChanged.model_construct(
-        step=inv.step, state=state, worker_pid=pid, input_event=inv.event.type_name, invocation=inv.inv))
+        name=inv.step, step_state=StepState.RUNNING if state == "running" else StepState.NOT_RUNNING,
+        worker_id=str(pid) if pid is not None else "", input_event_name=inv.event.type_name,
+        output_event_name=output, state=state, worker_pid=pid, invocation=inv.inv))
     if run.workflow.verbose:
         _printer.print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
                        f"(worker {pid}, input {inv.event.type_name})")

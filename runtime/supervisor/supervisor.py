@@ -32,7 +32,7 @@ from actors import (
 from actors.host import DropWorkflow, Packed
 
 from runtime.pool import Launcher, Pool, RestartBudget
-from runtime.run.snapshot import carry
+from runtime.run.snapshot import RunCapture, capture, carry
 from runtime.run.state import RunState, RunStatus, StepInput
 from runtime.supervisor.door import Door
 from runtime.supervisor.failures import Failures, safe_text
@@ -44,6 +44,12 @@ from runtime.workers.process.launcher import ProcessLauncher
 
 if TYPE_CHECKING:
     from runtime.run.state import Invocation
+
+
+def type_of_start(run: RunState) -> type:
+    start = run.wspec.start_event_type
+    assert start is not None, "a run starts only for a workflow whose start event class is known"
+    return start
 
 log = logging.getLogger("procflow")
 T = TypeVar("T")
@@ -135,10 +141,10 @@ class Supervisor:
         run.transition(RunStatus.RUNNING)
         if run.workflow.timeout is not None:
             run.timer = self.loop.call_later(run.workflow.timeout, self._timed_out, run)
-        if run.leftovers or run.waiters:
+        if run.resumes or run.leftovers or run.waiters or run.start_event is None:
             self._resume(run)
         else:
-            for step in run.wspec.consumers.get(run.wspec.start_event_type, ()):  # type: ignore[arg-type]
+            for step in run.wspec.consumers_of(type_of_start(run)):
                 self.scheduler.enqueue(run, step, StepInput(run.start_event))
         self.scheduler.schedule()
 
@@ -165,15 +171,21 @@ class Supervisor:
     # --- ending runs -----------------------------------------------------------------------------------
     def _timed_out(self, run: RunState) -> None:
         timeout = run.workflow.timeout
-        busy = sorted({inv.step for inv in run.invs.values()})
+        busy = self.running_steps(run)
         msg = (f"run {run.run_id} of {run.wspec.name} timed out after {timeout} s"
                + (f"; steps still running: {', '.join(busy)}" if busy else ""))
-        self.finish(run, RunStatus.TIMED_OUT, WorkflowTimedOutEvent(result=msg, timeout=timeout or 0.0),
+        self.finish(run, RunStatus.TIMED_OUT,
+                    WorkflowTimedOutEvent(result=msg, timeout=timeout or 0.0, active_steps=busy),
                     WorkflowTimeoutError(msg))
 
-    def fail(self, run: RunState, exc: BaseException, step: str | None = None) -> None:
+    def fail(self, run: RunState, exc: BaseException, step: str | None = None, attempts: int | None = None,
+             elapsed: float | None = None) -> None:
+        """End ``run`` as failed with ``exc``; ``step`` failed after ``attempts`` attempts over ``elapsed``
+        seconds (None when the failure is not a step's)."""
         self.finish(run, RunStatus.FAILED,
-                    WorkflowFailedEvent(result=safe_text(exc), step=step, error_type=type(exc).__name__), exc)
+                    WorkflowFailedEvent(result=safe_text(exc), step_name=step or "", exception=exc,
+                                        attempts=attempts, elapsed_seconds=elapsed,
+                                        error_type=type(exc).__name__), exc)
 
     def end_cancelled(self, run: RunState, hard: bool = False) -> None:
         self.finish(run, RunStatus.CANCELLED, WorkflowCancelledEvent(result="cancelled", hard=hard),
@@ -233,7 +245,7 @@ class Supervisor:
         run.queued.clear()
         for inv in run.invs.values():
             if inv.worker is None:
-                run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+                run.leftovers.append(("invoke", inv.step, inv.again()))
 
     def on_broken(self, reason: str) -> None:
         self.state = SupervisorState.BROKEN
@@ -308,10 +320,14 @@ class Supervisor:
         self.end_cancelled(run, hard=True)
         return True
 
-    def snapshot(self, run: RunState) -> dict[str, Any]:
-        from runtime.run.snapshot import to_dict
+    def capture(self, run: RunState) -> RunCapture:
+        """The run as it is now, as pickled copies: a consistent snapshot, on this thread."""
+        return capture(run, self.codec)
 
-        return to_dict(run, self.codec)
+    @staticmethod
+    def running_steps(run: RunState) -> list[str]:
+        """The steps with an invocation in progress (placed on a worker or about to be)."""
+        return sorted({inv.step for inv in run.invs.values()})
 
     # --- shutdown --------------------------------------------------------------------------------------
     def close(self, timeout: float) -> None:
