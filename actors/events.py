@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr, \
-    model_serializer
+    model_serializer, model_validator
 
 
 class DictLikeModel(BaseModel):
@@ -328,8 +328,8 @@ class StepStateChanged(InternalDispatchEvent):
     """An invocation of step ``name`` started (``RUNNING``) or ended (``NOT_RUNNING``) on worker ``worker_id``.
 
     procflow adds: ``state`` ("running", "done", "failed", "waiting" or "cancelled"), ``worker_pid`` and
-    ``invocation`` (the invocation's number within the runtime); ``step`` and ``input_event`` read
-    ``name`` and ``input_event_name``."""
+    ``invocation`` (the invocation's number within the runtime), and keeps its earlier names ``step`` and
+    ``input_event`` (the same values as ``name`` and ``input_event_name``)."""
 
     name: str
     step_state: StepState
@@ -339,14 +339,16 @@ class StepStateChanged(InternalDispatchEvent):
     state: str = ""
     worker_pid: int | None = None
     invocation: int = 0
+    step: str = ""
+    input_event: str = ""
 
-    @property
-    def step(self) -> str:
-        return self.name
-
-    @property
-    def input_event(self) -> str:
-        return self.input_event_name
+    @model_validator(mode="after")
+    def _earlier_names(self) -> StepStateChanged:
+        if not self.step:
+            self.step = self.name
+        if not self.input_event:
+            self.input_event = self.input_event_name
+        return self
 
 
 class StepQueueChanged(InternalDispatchEvent):

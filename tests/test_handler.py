@@ -14,7 +14,7 @@ import pytest
 from conftest import pid_gone, wait_until
 
 from actors import (
-    Context, Event, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
+    Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
     WorkflowFailedEvent, WorkflowRuntimeError, step,
 )
 from handler import WorkflowHandler
@@ -25,7 +25,7 @@ class Ask(Event):
     question: str
 
 
-class Answer(Event):
+class Answer(HumanResponseEvent):  # sent by the caller: no step produces it
     text: str
 
 

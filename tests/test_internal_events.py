@@ -123,7 +123,7 @@ def test_verbose_prints_each_step_activity_to_stdout(rt: ProcessRuntime, capsys:
 
 
 class CrashOnce(Workflow):
-    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=1, delay=0.01))
+    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=0.01))  # two attempts in all
     def crashy(self, ctx: Context, ev: StartEvent) -> StopEvent:
         tries = ctx.store.get_sync("tries", default=0) + 1
         ctx.store.set_sync("tries", tries)

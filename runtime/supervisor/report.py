@@ -53,7 +53,8 @@ def step_changed(run: RunState, inv: Invocation, state: str, output: str | None 
     run.adapter.events.put(StepStateChanged.model_construct(
         name=inv.step, step_state=StepState.RUNNING if state == "running" else StepState.NOT_RUNNING,
         worker_id=str(pid) if pid is not None else "", input_event_name=inv.event.type_name,
-        output_event_name=output, state=state, worker_pid=pid, invocation=inv.inv))
+        output_event_name=output, state=state, worker_pid=pid, invocation=inv.inv, step=inv.step,
+        input_event=inv.event.type_name))
     if run.workflow.verbose:
         _printer.print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
                        f"(worker {pid}, input {inv.event.type_name})")
