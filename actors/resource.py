@@ -17,7 +17,7 @@ steps use them:
   factory's own, with a note naming the resource and the step.
 - Values set with ``await resource_manager.set(name, value)`` on the ``ResourceManager`` given to
   ``Workflow(resource_manager=...)`` travel to the workers with the workflow (so they must be picklable) and
-  win over the factories of that name.
+  win over the factory of that name (its ``__qualname__``, as in LlamaIndex Workflows).
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ class FactoryResource(Generic[T]):
             raise TypeError(f"Resource() takes a callable factory, not {factory!r}")
         self.factory = factory
         self.cache = cache
-        self.name = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+        self.name = getattr(factory, "__qualname__", type(factory).__name__)  # LlamaIndex's name
+        # What the per-process cache is keyed by: the module too, since one worker hosts many workflows.
+        self.cache_key = f"{getattr(factory, '__module__', '?')}.{self.name}"
         self._localns: dict[str, Any] | None = None
 
     def set_type_annotation(self, type_annotation: Any) -> None:
@@ -210,7 +212,7 @@ class ResourceManager:
     async def get(self, resource: ResourceDescriptor, _chain: tuple[str, ...] = ()) -> Any:
         """The value of ``resource``: cached (once built, or while being built by another step), else
         built now."""
-        name = resource.name
+        name = getattr(resource, "cache_key", resource.name)
         if name in _chain:
             raise ValueError(f"circular resource dependency: {' -> '.join((*_chain, name))}")
         if resource.cache:

@@ -83,8 +83,6 @@ class _CallerBackend:
         raise WorkflowRuntimeError("wait_for_event() is for steps; from outside, stream the run's events")
 
     def snapshot(self, serializer: BaseSerializer | None, include_state: bool) -> dict[str, Any]:
-        if self._guard():
-            raise RuntimeError("to_dict() would block the runtime's own thread (a deadlock)")
         return self.adapter.snapshot(serializer, include_state)
 
     def previous_run(self) -> Any:

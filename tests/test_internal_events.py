@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from actors import (
-    ConstantDelayRetryPolicy, Context, Event, InternalDispatchEvent, StartEvent, StepQueueChanged,
-    StepStateChanged, StopEvent, Workflow, step,
+    ConstantDelayRetryPolicy, Context, Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent,
+    StartEvent, StepQueueChanged, StepState, StepStateChanged, StopEvent, Workflow, step,
 )
+from actors.events import WorkflowIdleEvent
 from runtime import ProcessRuntime
 
 
@@ -141,3 +142,25 @@ def test_an_invocation_whose_worker_died_is_reported_failed(rt: ProcessRuntime) 
         if isinstance(ev, StepStateChanged):
             by_inv.setdefault(ev.invocation, []).append(ev.state)
     assert sorted(by_inv.values()) == [["running", "done"], ["running", "failed"]]
+
+
+class WaitsForReply(Workflow):
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        reply = await ctx.wait_for_event(HumanResponseEvent, waiter_event=InputRequiredEvent(prefix="?"))
+        return StopEvent(result=reply.response)
+
+
+async def test_a_run_left_waiting_for_input_publishes_one_workflow_idle_event(rt: ProcessRuntime) -> None:
+    handler = WaitsForReply(runtime=rt).run()
+    seen = []
+    async for ev in handler.stream_events(expose_internal=True):
+        if isinstance(ev, StepStateChanged):
+            seen.append((ev.name, ev.step_state))
+        else:
+            seen.append(type(ev).__name__)
+        if isinstance(ev, WorkflowIdleEvent):
+            await handler.send_event(HumanResponseEvent(response="hi"))
+    assert await handler == "hi"
+    assert seen == [("ask", StepState.RUNNING), ("ask", StepState.NOT_RUNNING), "InputRequiredEvent",
+                    "WorkflowIdleEvent", ("ask", StepState.RUNNING), ("ask", StepState.NOT_RUNNING), "StopEvent"]

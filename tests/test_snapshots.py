@@ -16,9 +16,10 @@ import pytest
 from pydantic import BaseModel
 
 from actors import (
-    Context, ContextSerdeError, Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StepStateChanged, StopEvent, Workflow,
-    WorkflowCancelledByUser, WorkflowRuntimeError, step,
+    Context, ContextSerdeError, Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StepStateChanged,
+    StopEvent, Workflow, WorkflowCancelledByUser, WorkflowRuntimeError, step,
 )
+from actors.context import PickleSerializer
 from runtime import ProcessRuntime
 
 
@@ -331,3 +332,70 @@ def test_reusing_a_context_keeps_store_values_that_json_cannot_hold(rt: ProcessR
     ctx = Context(wf)
     assert wf.run(ctx=ctx).result(30) == (1, "datetime", "tuple", 7)
     assert wf.run(ctx=ctx).result(30) == (2, "datetime", "tuple", 7)
+
+
+# --- snapshots of a live run ----------------------------------------------------------------------------------
+class Busy(Event):
+    pass
+
+
+class BusyFlow(Workflow):
+    """``work`` (a def step) runs until the store's ``release`` is set; a snapshot taken meanwhile holds it as
+    work to do again."""
+
+    @step
+    async def begin(self, ctx: Context, ev: StartEvent) -> Busy:
+        await ctx.store.set("began", await ctx.store.get("began", default=0) + 1)
+        return Busy()
+
+    @step
+    def work(self, ctx: Context, ev: Busy) -> StopEvent:
+        ctx.store.set_sync("works", ctx.store.get_sync("works", default=0) + 1)
+        ctx.write_event_to_stream(Event(working=True))
+        while not ctx.store.get_sync("release", default=False):
+            time.sleep(0.01)
+        return StopEvent(result=(ctx.store.get_sync("began"), ctx.store.get_sync("works")))
+
+
+async def test_a_snapshot_of_a_live_run_holds_the_step_in_progress_and_the_resumed_run_runs_it_again(
+        rt: ProcessRuntime) -> None:
+    handler = BusyFlow(runtime=rt).run()
+    data = None
+    async for ev in handler.stream_events():
+        if ev.get("working"):
+            data = through_json(handler.ctx.to_dict())  # taken by the supervisor while `work` runs
+            assert await handler.ctx.running_steps() == ["work"]
+            await handler.ctx.store.set("release", True)
+    assert await handler == (1, 1)
+    assert data is not None and data["is_running"] is True
+    assert [(item["kind"], item["step"]) for item in data["leftovers"]] == [("invoke", "work")]
+    wf = BusyFlow(runtime=rt)
+    restored = Context.from_dict(wf, data)
+    assert restored.is_running is True
+    await restored.store.set("release", True)  # the snapshot's state is the resumed run's
+    # `begin` does not run again; `work` does, from its start, on the state of the snapshot.
+    assert await asyncio.wait_for(wf.run(ctx=restored), 30) == (1, 2)
+
+
+def test_a_pickle_serializer_snapshot_keeps_a_typed_state_field_json_cannot_hold(rt: ProcessRuntime) -> None:
+    wf = OpaqueTyped(runtime=rt)
+    handler = wf.run()
+    assert handler.result(30) == 7
+    with pytest.raises(ValueError):
+        handler.ctx.to_dict()  # JSON cannot hold it: LlamaIndex's error type
+    data = through_json(handler.ctx.to_dict(serializer=PickleSerializer()))
+    restored = Context.from_dict(wf, data, serializer=PickleSerializer())
+    assert wf.run(ctx=restored).result(30) == 14
+
+
+class OpaqueState(BaseModel):
+    model_config = {"arbitrary_types_allowed": True}
+    thing: Opaque | None = None
+
+
+class OpaqueTyped(Workflow):
+    @step
+    async def double(self, ctx: Context[OpaqueState], ev: StartEvent) -> StopEvent:
+        async with ctx.store.edit_state() as state:
+            state.thing = Opaque(state.thing.v * 2 if state.thing else 7)
+        return StopEvent(result=(await ctx.store.get_state()).thing.v)

@@ -29,13 +29,14 @@ async def inject(spec: StepSpec, workflow: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for param, descriptor, annotation in spec.resources:
         descriptor.set_type_annotation(annotation)
-        if descriptor.name in preset:
-            out[param] = preset[descriptor.name]
+        key = getattr(descriptor, "cache_key", descriptor.name)
+        if descriptor.name in preset or key in preset:
+            out[param] = preset[descriptor.name if descriptor.name in preset else key]
             continue
         try:
             out[param] = await PROCESS.get(descriptor)
         except Exception as exc:
-            exc.add_note(f"raised while building the resource {descriptor.name} for parameter '{param}' of "
+            exc.add_note(f"raised while building the resource {key} for parameter '{param}' of "
                          f"step '{spec.name}' (in worker pid {os.getpid()})")
             raise
     return out

@@ -181,6 +181,7 @@ class RunState:
     # ("route", step or None, event) and ("invoke", step, StepInput) entries.
     leftovers: list[tuple[str, str | None, Any]] = field(default_factory=list)
     resumes: bool = False  # started from a snapshot of a run still going: no StartEvent, leftovers instead
+    idle: bool = False  # WorkflowIdleEvent published, and no work since (see report.maybe_idle)
 
     def transition(self, to: RunStatus) -> None:
         if to not in _LEGAL[self.status]:

@@ -41,6 +41,7 @@ class WorkerMessages:
         }
 
     def on_message(self, worker: Worker, msg: object) -> None:
+        about = self.sup.invocations.get(getattr(msg, "inv", -1))
         try:
             handler = self._handlers[type(msg)]
             handler(worker, msg)
@@ -54,6 +55,8 @@ class WorkerMessages:
                     f"procflow could not handle {type(msg).__name__} from step '{inv.step}' "
                     f"(worker pid {worker.pid}): {type(exc).__name__}: {exc}"), inv.step)
         self.sup.scheduler.schedule()
+        if about is not None:
+            report.maybe_idle(about.run)
 
     def _live(self, inv_id: int) -> Invocation | None:
         inv = self.sup.invocations.get(inv_id)

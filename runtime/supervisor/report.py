@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from actors import StepQueueChanged, StepState, StepStateChanged
+from actors.events import WorkflowIdleEvent
 
 if TYPE_CHECKING:
     from runtime.run.state import Invocation, RunState
@@ -63,3 +64,14 @@ def step_changed(run: RunState, inv: Invocation, state: str, output: str | None 
 def queue_changed(run: RunState, step: str) -> None:
     run.adapter.events.put(StepQueueChanged.model_construct(
         step=step, queued=len(run.queued[step]), active=run.active[step]))
+
+
+def maybe_idle(run: RunState) -> None:
+    """Publish ``WorkflowIdleEvent`` when the run has just become idle: running, nothing in progress, queued
+    or retrying, and at least one step waiting in ``wait_for_event`` (only an event from outside can move it)."""
+    if run.idle or not run.status.accepts_work or not run.waiters or run.invs or run.retries:
+        return
+    if any(run.queued.values()) or not any(run.waiters.values()):
+        return
+    run.idle = True
+    run.adapter.events.put(WorkflowIdleEvent())

@@ -41,6 +41,7 @@ class Scheduler:
     def enqueue(self, run: RunState, step: str, item: StepInput, retry: RetryState | None = None,
                 crashes: int = 0) -> None:
         spec = run.wspec.steps[step]
+        run.idle = False
         if run.active[step] >= spec.num_workers:
             run.queued[step].append(item)
             report.queue_changed(run, step)

@@ -121,6 +121,10 @@ class Supervisor:
         if self.state is not SupervisorState.RUNNING:
             self._resolve(run, None, RuntimeBrokenError(self.broken_message()))
             return
+        if run.run_id in self.runs:  # run(run_id=...) naming a run still going
+            self._resolve(run, None, WorkflowRuntimeError(
+                f"a run with id {run.run_id!r} is still going on this runtime; give each run its own run_id"))
+            return
         if run.previous is not None:  # a reused Context: its ended run is read here, where it lives
             try:
                 carry(run, run.previous)
@@ -326,8 +330,8 @@ class Supervisor:
 
     @staticmethod
     def running_steps(run: RunState) -> list[str]:
-        """The steps with an invocation in progress (placed on a worker or about to be)."""
-        return sorted({inv.step for inv in run.invs.values()})
+        """The steps with an invocation in progress (placed on a worker or about to be); none once it ended."""
+        return [] if run.status.ended else sorted({inv.step for inv in run.invs.values()})
 
     # --- shutdown --------------------------------------------------------------------------------------
     def close(self, timeout: float) -> None:
