@@ -174,10 +174,10 @@ def step(
         return fn
 
     if func is not None:
-        return decorate(func, _caller_locals(3))  # type: ignore[type-var]
+        return decorate(func, _caller_locals(2))  # type: ignore[type-var]
 
     def with_options(fn: F) -> F:
-        return decorate(fn, _caller_locals(3))
+        return decorate(fn, _caller_locals(2))
 
     return with_options
 
@@ -213,10 +213,10 @@ def catch_error(func: Callable[..., Any] | None = None, /, *, for_steps: list[st
         return fn
 
     if func is not None:
-        return decorate(func, _caller_locals(3))  # type: ignore[type-var]
+        return decorate(func, _caller_locals(2))  # type: ignore[type-var]
 
     def with_options(fn: F) -> F:
-        return decorate(fn, _caller_locals(3))
+        return decorate(fn, _caller_locals(2))
 
     return with_options
 
