@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import WorkflowRuntimeError
 from ..events import DictLikeModel
 from .backend import MISSING
-from .serializers import BaseSerializer, JsonSerializer, qualified_name, resolving
+from .serializers import BaseSerializer, JsonSerializer, resolving
 
 MAX_DEPTH = 1000
 
@@ -37,10 +37,6 @@ class DictState(DictLikeModel):
 
     def __repr__(self) -> str:
         return f"DictState({self._data!r})"
-
-
-def state_type_name(state_type: type[BaseModel] | None) -> str:
-    return (state_type or DictState).__name__
 
 
 def new_state(state_type: type[BaseModel] | None) -> BaseModel:
@@ -225,5 +221,5 @@ def decode_state(data: Any, state_type: type[BaseModel] | None, serializer: Base
 
 __all__ = [
     "DictState", "cleared", "decode_state", "encode_state", "get_path", "most_derived", "new_state",
-    "qualified_name", "replace_state", "set_path", "state_type_name", "to_dict_state",
+    "replace_state", "set_path", "to_dict_state",
 ]

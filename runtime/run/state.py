@@ -11,8 +11,6 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel
-
 from actors import Event, WorkflowRuntimeError
 from actors.context.state_store import DictState, cleared, get_path, replace_state, set_path
 from actors.host import MISSING, Packed

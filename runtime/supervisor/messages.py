@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from actors import Event, InputRequiredEvent, PayloadError, StopEvent, WorkflowRuntimeError
 from actors.host import Cancelled, Done, Emit, Failed, Packed, Publish, Reply, Request, Suspended
 
-from runtime.run.state import RunStatus, StepInput
+from runtime.run.state import RunStatus
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
