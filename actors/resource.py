@@ -216,15 +216,23 @@ class ResourceManager:
         if name in _chain:
             raise ValueError(f"circular resource dependency: {' -> '.join((*_chain, name))}")
         if resource.cache:
+            while name not in self.resources and (building := self._building.get(name)) is not None:
+                try:
+                    return await asyncio.shield(building)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not building.cancelled() or (task is not None and task.cancelling()):
+                        raise  # this step itself is being cancelled
+                    # the step that was building it was cancelled: build it here (or wait for another)
             if name in self.resources:
                 return self.resources[name]
-            building = self._building.get(name)
-            if building is not None:
-                return await asyncio.shield(building)
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._building[name] = fut
             try:
                 value = await self._build(resource, (*_chain, name))
+            except asyncio.CancelledError:
+                fut.cancel()  # the step asking was cancelled: another one asking builds it again
+                raise
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()  # retrieved: a build nobody else awaited must not log
