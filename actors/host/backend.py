@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..context import Suspend, WaitRequest
-from ..errors import ContextStateError, PayloadError, WorkflowRuntimeError
+from ..errors import ContextStateError, PayloadError
 from ..events import Event
 from ..retry_policy import RetryInfo
 from .protocol import Emit, Invoke, Publish
@@ -75,10 +75,10 @@ class WorkerBackend:
         raise Suspend(wait, waiter_id)
 
     def snapshot(self, serializer: BaseSerializer | None, include_state: bool) -> dict[str, Any]:
-        raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
+        raise ContextStateError("to_dict() is for the caller's handler.ctx, not inside a step")
 
     def previous_run(self) -> Any:
-        raise WorkflowRuntimeError("a step's Context cannot start another run")
+        raise ContextStateError("a step's Context cannot start another run")
 
     # --- what LlamaIndex's Context offers a step, beyond the above ------------------------------------------
     def is_running(self) -> bool:
