@@ -268,6 +268,11 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig,
             state_type = args[0] if args and isinstance(args[0], type) else None
         elif (events := _event_types(ann)) and ev_param is None:
             ev_param, accepts = p.name, events
+        elif p.default is inspect.Parameter.empty and (_names_a_list(ann) or _event_types(ann)):
+            raise WorkflowValidationError(
+                f"step '{name}': parameter '{p.name}' takes a list (fan-in) or a second event (a join): not "
+                "supported by procflow yet; take one event and gather with ctx.collect_events (see "
+                "docs/porting.md)")
         elif p.default is inspect.Parameter.empty:
             raise WorkflowValidationError(
                 f"step '{name}': parameter '{p.name}' is neither the Context nor an Event "
@@ -280,6 +285,10 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig,
             f"step '{name}' has no return annotation: annotate it with the Event type(s) it returns, "
             "or None")
     emits = _event_types(hints["return"], allow_none=True)
+    if emits is None and _names_a_list(hints["return"]):
+        raise WorkflowValidationError(
+            f"step '{name}': returning list[...] (a fan-out batch) is not supported by procflow yet; send each "
+            "event with ctx.send_event and gather them with ctx.collect_events (see docs/porting.md)")
     if emits is None:
         raise WorkflowValidationError(
             f"step '{name}': return annotation {hints['return']!r} must be Event types and/or None")
@@ -299,6 +308,14 @@ def _type_hints(name: str, fn: Callable[..., Any], localns: dict[str, Any] | Non
         raise WorkflowValidationError(
             f"step '{name}': cannot resolve its annotations ({exc}); classes named in a step's "
             "annotations must be reachable from the step's module globals") from exc
+
+
+def _names_a_list(ann: Any) -> bool:
+    """Whether an annotation is ``list[SomeEvent]`` (or a union with one): LlamaIndex's fan-out and fan-in."""
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return any(_names_a_list(arg) for arg in typing.get_args(ann))
+    args = typing.get_args(ann)
+    return typing.get_origin(ann) is list and bool(args) and bool(_event_types(args[0]))
 
 
 def _is_context(ann: Any) -> bool:
