@@ -1,21 +1,26 @@
-"""What a step author touches: events, ``@step``, ``Workflow``, the step-side ``Context``, and errors."""
+"""What a step author touches: events, ``@step``, ``@catch_error``, ``Workflow``, the step-side ``Context``, and
+errors. The modules mirror LlamaIndex Workflows' (``workflows.events`` is ``actors.events``, ...)."""
 
 from .context import Context, Store
 from .errors import (
-    PayloadError, RemoteTraceback, RuntimeBrokenError, WorkerCrashedError, WorkflowCancelledByUser,
-    WorkflowError, WorkflowRuntimeError, WorkflowTimeoutError, WorkflowValidationError,
+    ContextSerdeError, ContextStateError, PayloadError, RemoteTraceback, RuntimeBrokenError, WorkerCrashedError,
+    WorkflowCancelledByUser, WorkflowConfigurationError, WorkflowError, WorkflowRuntimeError,
+    WorkflowStepDoesNotExistError, WorkflowTimeoutError, WorkflowValidationError,
 )
 from .events import (
-    Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent, StartEvent, StepQueueChanged,
-    StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowTimedOutEvent,
+    Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent, StartEvent, StepFailedEvent,
+    StepQueueChanged, StepState, StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
 )
 from .retry_policy import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
-from .decorators import step
+from .decorators import catch_error, step
 from .workflow import Workflow
 
 __all__ = [
     "ConstantDelayRetryPolicy",
     "Context",
+    "ContextSerdeError",
+    "ContextStateError",
     "Event",
     "ExponentialBackoffRetryPolicy",
     "HumanResponseEvent",
@@ -26,7 +31,9 @@ __all__ = [
     "RetryPolicy",
     "RuntimeBrokenError",
     "StartEvent",
+    "StepFailedEvent",
     "StepQueueChanged",
+    "StepState",
     "StepStateChanged",
     "StopEvent",
     "Store",
@@ -34,11 +41,14 @@ __all__ = [
     "Workflow",
     "WorkflowCancelledByUser",
     "WorkflowCancelledEvent",
+    "WorkflowConfigurationError",
     "WorkflowError",
     "WorkflowFailedEvent",
     "WorkflowRuntimeError",
+    "WorkflowStepDoesNotExistError",
     "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
+    "catch_error",
     "step",
 ]

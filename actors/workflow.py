@@ -1,36 +1,72 @@
-"""``Workflow``: a class whose ``@step`` methods form an event graph from a StartEvent to a StopEvent."""
+"""``Workflow``: a class whose ``@step`` methods form an event graph from a StartEvent to a StopEvent.
+
+A workflow is checked at the moments LlamaIndex Workflows checks it:
+
+- **definition** (``@step``, ``@catch_error``, ``add_step``): a step's signature, ``num_workers``, a free function
+  without ``workflow=``, a step name taken twice: ``WorkflowValidationError``;
+- **construction** (``Workflow(...)``): the start and stop event classes must be inferable (steps exist, one
+  StartEvent class is accepted, one StopEvent class is returned): ``WorkflowConfigurationError``; bad
+  constructor values: ``WorkflowValidationError``;
+- **validate()** and **run()** (before anything starts; ``run()`` caches a success, ``validate()`` always
+  checks): the event graph, see ``validate``: ``WorkflowValidationError``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
-
+import asyncio
 import sys
 import threading
 import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel
 
-from .errors import WorkflowRuntimeError, WorkflowValidationError
-from .events import StartEvent, StopEvent
-from .decorators import STEP_ATTR, StepSpec, read_step
+from .decorators import GRAPH_CHECKS, STEP_ATTR, StepSpec, spec_for
+from .errors import (
+    WorkflowConfigurationError, WorkflowRuntimeError, WorkflowStepDoesNotExistError, WorkflowValidationError,
+)
+from .events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StepFailedEvent, StopEvent
+from .resource import ConfigResource, ResourceManager
 
 if TYPE_CHECKING:
     from .context import Context
+    from .context.serializers import BaseSerializer
 
 
 class WorkflowSpec:
-    """The validated graph of a workflow class: its steps and the events that connect them."""
+    """The graph of a workflow class: its steps and the events that connect them."""
 
-    def __init__(self, name: str, steps: dict[str, StepSpec]) -> None:
+    def __init__(self, name: str, steps: dict[str, StepSpec], state_type: type[BaseModel] | None = None) -> None:
         self.name = name
         self.steps = steps
-        self.validated = False
-        self.start_event_type = _start_event_type(name, steps)
-        self.state_type = _state_type(name, steps)
+        self.start_types = {t for s in steps.values() for t in s.accepts if issubclass(t, StartEvent)}
+        self.stop_types = {t for s in steps.values() for t in s.emits if issubclass(t, StopEvent)}
+        self.start_event_type: type[StartEvent] | None = \
+            next(iter(self.start_types)) if len(self.start_types) == 1 else None
+        self.stop_event_type: type[StopEvent] | None = \
+            next(iter(self.stop_types)) if len(self.stop_types) == 1 else None
+        self.state_type = state_type
         self.consumers: dict[type, tuple[str, ...]] = {}
         for spec in steps.values():
             for ev_type in spec.accepts:
                 self.consumers[ev_type] = self.consumers.get(ev_type, ()) + (spec.name,)
+        self._subclass_steps = [s for s in steps.values() if s.accept_event_subclasses]
+        self._consumers_of: dict[type, tuple[str, ...]] = {}
+        self.handler_for: dict[str, str] = _handler_routes(steps)
+
+    def consumers_of(self, cls: type) -> tuple[str, ...]:
+        """The steps an event of exactly ``cls`` goes to: those accepting ``cls``, and those accepting a base
+        class of it with ``accept_event_subclasses``."""
+        found = self._consumers_of.get(cls)
+        if found is None:
+            found = self.consumers.get(cls, ())
+            for s in self._subclass_steps:
+                if s.name not in found and not issubclass(cls, StopEvent) \
+                        and any(issubclass(cls, t) for t in s.accepts):
+                    found += (s.name,)
+            self._consumers_of[cls] = found
+        return found
 
     def event_types(self) -> set[type]:
         """Every event class named in the steps' signatures."""
@@ -42,24 +78,46 @@ class WorkflowSpec:
             return
         spec = self.steps.get(step)
         if spec is None:
-            raise WorkflowRuntimeError(
+            raise WorkflowStepDoesNotExistError(
                 f"workflow {self.name} has no step '{step}' (steps: {', '.join(sorted(self.steps))})")
-        if event_type not in spec.accepts:
+        if step not in self.consumers_of(event_type):
             raise WorkflowRuntimeError(
                 f"step '{step}' does not accept {event_type.__name__} "
                 f"(it accepts {', '.join(t.__name__ for t in spec.accepts)})")
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_consumers_of": {}}
+
+
+def _handler_routes(steps: dict[str, StepSpec]) -> dict[str, str]:
+    """Step name -> the ``@catch_error`` handler that covers it (scoped claims first, then the wildcard)."""
+    handlers = [s for s in steps.values() if s.is_catch_error]
+    routes: dict[str, str] = {}
+    for h in handlers:
+        for target in h.for_steps or ():
+            routes.setdefault(target, h.name)
+    wildcard = next((h for h in handlers if h.for_steps is None), None)
+    if wildcard is not None:
+        for name, s in steps.items():
+            if not s.is_catch_error:
+                routes.setdefault(name, wildcard.name)
+    return routes
+
 
 class Workflow:
-    """Base class of a workflow. ``Workflow(timeout=45.0)``; ``run(**kwargs)`` starts a run.
+    """Base class of a workflow. ``run(**kwargs)`` starts a run.
 
-    ``timeout`` (seconds, None for none) ends a run with ``WorkflowTimeoutError``; ``num_concurrent_runs``
-    caps the runs of this instance executing at once (extra runs wait); ``runtime`` picks the engine
-    (default: the process runtime shared by the whole program).
+    ``Workflow(timeout=45.0, disable_validation=False, verbose=False, resource_manager=None,
+    num_concurrent_runs=None, runtime=None, workflow_name=None, skip_graph_checks=None, serializer=None)``:
+    ``timeout`` (seconds, None for none) ends a run with ``WorkflowTimeoutError``; ``num_concurrent_runs`` caps
+    the runs of this instance executing at once (extra runs wait); ``runtime`` picks the engine (default: the
+    process runtime shared by the whole program); ``skip_graph_checks`` names graph checks ``validate()``
+    skips ("reachability", "terminal_event", "dead_end"); ``serializer`` encodes the state in
+    ``Context.to_dict()``; ``resource_manager``: see ``actors.resource``.
     """
 
     _free_steps: ClassVar[dict[str, Callable[..., Any]]] = {}
-    _steps_version: ClassVar[int] = 0  # bumped by step(workflow=...): every cached spec is then stale
+    _steps_version: ClassVar[int] = 0  # bumped by add_step: every cached spec is then stale
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,34 +133,81 @@ class Workflow:
         timeout: float | None = 45.0,
         disable_validation: bool = False,
         verbose: bool = False,
+        resource_manager: ResourceManager | None = None,
         num_concurrent_runs: int | None = None,
         runtime: Any = None,
+        workflow_name: str | None = None,
+        skip_graph_checks: set[str] | None = None,
+        serializer: BaseSerializer | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise WorkflowValidationError(f"Workflow(timeout={timeout!r}): timeout must be > 0 or None")
-        if num_concurrent_runs is not None and num_concurrent_runs < 1:
+        if num_concurrent_runs is not None and (not isinstance(num_concurrent_runs, int)
+                                                or isinstance(num_concurrent_runs, bool)
+                                                or num_concurrent_runs < 1):
             raise WorkflowValidationError(
-                f"Workflow(num_concurrent_runs={num_concurrent_runs!r}) must be >= 1 or None")
+                f"Workflow(num_concurrent_runs={num_concurrent_runs!r}) must be an int >= 1 or None")
+        checks = set(skip_graph_checks or ())
+        unknown = checks - set(GRAPH_CHECKS)
+        if unknown:
+            raise WorkflowValidationError(f"Workflow(skip_graph_checks=...): unknown checks {sorted(unknown)}; "
+                                          f"the checks are {', '.join(GRAPH_CHECKS)}")
         self.timeout = timeout
         self.disable_validation = disable_validation
         self.verbose = verbose
         self.num_concurrent_runs = num_concurrent_runs
         self.runtime = runtime
+        self.resource_manager = resource_manager or ResourceManager()
+        self.skip_graph_checks = frozenset(checks)
+        self.serializer = serializer
+        self._workflow_name = workflow_name
+        self._validated_version = -1
+        self._uses_hitl = False
+        infer_start_and_stop(type(self)._spec())
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["runtime"] = None  # the engine stays in the parent; workers never need it
+        state["serializer"] = None  # snapshots are encoded on the caller's side only
         return state
 
     @property
     def workflow_name(self) -> str:
-        return type(self).__qualname__
+        """The name given to the constructor, else ``module.QualifiedClassName``."""
+        if self._workflow_name is not None:
+            return self._workflow_name
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @property
+    def start_event_class(self) -> type[StartEvent]:
+        """The StartEvent class the workflow's steps accept."""
+        return infer_start_and_stop(type(self)._spec())[0]
+
+    @property
+    def stop_event_class(self) -> type[StopEvent]:
+        """The StopEvent class the workflow's steps return."""
+        return infer_start_and_stop(type(self)._spec())[1]
+
+    @property
+    def events(self) -> list[type[Event]]:
+        """Every event class the steps accept or return."""
+        return list(type(self)._spec().event_types())
 
     @classmethod
-    def _add_free_step(cls, fn: Callable[..., Any]) -> None:
+    def add_step(cls, func: Callable[..., Any]) -> None:
+        """Add a ``@step``-decorated free function as a step of this class (what ``@step(workflow=cls)``
+        does); ``WorkflowValidationError`` if it is not decorated or its name is taken."""
+        if getattr(func, STEP_ATTR, None) is None:
+            raise WorkflowValidationError(
+                f"{getattr(func, '__name__', func)!r} is not a step: decorate it with @step first")
+        name = func.__name__
+        if name in cls._all_step_functions():
+            raise WorkflowValidationError(
+                f"workflow {cls.__qualname__} already has a step named '{name}'; choose another name")
         if "_free_steps" not in cls.__dict__:
             cls._free_steps = {}
-        cls._free_steps[fn.__name__] = fn
+        cls._free_steps[name] = func
         Workflow._steps_version += 1
 
     @classmethod
@@ -126,22 +231,42 @@ class Workflow:
             for name, attr in list(vars(klass).items()):
                 if callable(attr) and hasattr(attr, STEP_ATTR):
                     found[name] = attr
+                elif name in found and not name.startswith("__"):
+                    del found[name]  # overridden by something that is not a step
             found.update(vars(klass).get("_free_steps", {}))
         return found
 
-    def _validate(self) -> WorkflowSpec:
+    def validate(self, *, validate_resource_configs: bool = True, validate_resources: bool = False) -> bool:
+        """Check the workflow's event graph (always, even after a successful check); ``True`` when it uses
+        human-in-the-loop (a step returns an InputRequiredEvent or takes a HumanResponseEvent).
+        ``validate_resource_configs`` reads every ``ResourceConfig`` file; ``validate_resources`` also builds
+        every resource here, in the caller's process (factories may need credentials or a network)."""
         spec = type(self)._spec()
-        if not self.disable_validation and not spec.validated:
-            validate(spec)
-            spec.validated = True
+        uses_hitl = validate(spec, self.skip_graph_checks)
+        if validate_resource_configs:
+            _check_resource_configs(spec)
+        if validate_resources:
+            _check_resources(spec)
+        self._validated_version = Workflow._steps_version
+        self._uses_hitl = uses_hitl
+        return uses_hitl
+
+    def _validate(self) -> WorkflowSpec:
+        """The graph, checked once per version of the steps unless validation is disabled (what ``run()``
+        does)."""
+        spec = type(self)._spec()
+        if not self.disable_validation and self._validated_version != Workflow._steps_version:
+            self.validate()
         return spec
 
     def run(self, ctx: Context[Any] | None = None, start_event: StartEvent | None = None,
             **kwargs: Any) -> Any:
         """Start a run and return its ``WorkflowHandler`` at once.
 
-        The start event is ``start_event`` or is built from ``kwargs``. Works with or without a running event
-        loop, from any thread. The handler comes from the ``handler`` package, bound late in ``_launch``.
+        The start event is ``start_event`` or is built from ``kwargs``; ``run_id=`` names the run. With a
+        ``ctx`` restored from a snapshot of a run still going, the run continues instead (no start event).
+        Works with or without a running event loop, from any thread. The handler comes from the ``handler``
+        package, bound late in ``_launch``.
         """
         from ._launch import start_run
 
@@ -156,57 +281,201 @@ _LOCALNS: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDicti
 
 
 def _build_spec(cls: type[Workflow]) -> WorkflowSpec:
+    from .context.state_store import most_derived
+
     localns: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         localns.update(_LOCALNS.get(klass, {}))
-    steps = {name: read_step(name, fn, getattr(fn, STEP_ATTR), localns)
+    steps = {name: spec_for(name, fn, getattr(fn, STEP_ATTR), localns)
              for name, fn in cls._all_step_functions().items()}
-    return WorkflowSpec(cls.__qualname__, steps)
-
-
-def _start_event_type(name: str, steps: dict[str, StepSpec]) -> type[StartEvent] | None:
-    starts = {t for s in steps.values() for t in s.accepts if issubclass(t, StartEvent)}
-    if len(starts) > 1:
-        names = ", ".join(sorted(t.__name__ for t in starts))
-        raise WorkflowValidationError(
-            f"workflow {name} accepts more than one start event type ({names}); use exactly one")
-    return next(iter(starts), None)
-
-
-def _state_type(name: str, steps: dict[str, StepSpec]) -> type[BaseModel] | None:
-    """The ``S`` of the steps' ``Context[S]`` annotations (one type for the whole workflow)."""
     types_ = {s.state_type for s in steps.values() if s.state_type is not None}
-    if len(types_) > 1:
-        raise WorkflowValidationError(
-            f"workflow {name}: steps annotate different state types "
-            f"({', '.join(sorted(t.__name__ for t in types_))}); use one Context[State] type")
-    state = next(iter(types_), None)
-    if state is not None and not issubclass(state, BaseModel):
-        raise WorkflowValidationError(
-            f"workflow {name}: Context[{state.__name__}]: the state type must be a pydantic model")
+    for t in types_:
+        if not (isinstance(t, type) and issubclass(t, BaseModel)):
+            raise WorkflowValidationError(
+                f"workflow {cls.__qualname__}: Context[{getattr(t, '__name__', t)}]: the state type must be a "
+                "pydantic model")
+    try:
+        state = most_derived(types_)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise WorkflowValidationError(f"workflow {cls.__qualname__}: {exc}; use one Context[State] type, or "
+                                      "subclasses of one") from exc
     if state is not None:
         try:
             state()
         except Exception as exc:
             raise WorkflowValidationError(
-                f"workflow {name}: state type {state.__name__} must be constructible with no arguments "
-                f"(give every field a default): {exc}") from exc
-    return state
+                f"workflow {cls.__qualname__}: state type {state.__name__} must be constructible with no "
+                f"arguments (give every field a default): {exc}") from exc
+    return WorkflowSpec(cls.__qualname__, steps, state)
 
 
-def validate(spec: WorkflowSpec) -> None:
-    """Raise ``WorkflowValidationError`` naming the step and event when the graph cannot run."""
+def infer_start_and_stop(spec: WorkflowSpec) -> tuple[type[StartEvent], type[StopEvent]]:
+    """The one StartEvent class the steps accept and the one StopEvent class they return;
+    ``WorkflowConfigurationError`` when there are no steps, or none or several of either."""
     if not spec.steps:
-        raise WorkflowValidationError(f"workflow {spec.name} has no steps; decorate methods with @step")
-    if spec.start_event_type is None:
-        raise WorkflowValidationError(
-            f"workflow {spec.name}: no step accepts StartEvent (or a subclass); add a step taking it")
-    if not any(issubclass(t, StopEvent) for s in spec.steps.values() for t in s.emits):
-        raise WorkflowValidationError(
-            f"workflow {spec.name}: no step can return a StopEvent; annotate the last step `-> StopEvent`")
-    for s in spec.steps.values():
+        raise WorkflowConfigurationError(
+            f"workflow {spec.name} has no steps; decorate methods with @step (or add free functions with "
+            "@step(workflow=...))")
+    for kind, found in (("StartEvent", spec.start_types), ("StopEvent", spec.stop_types)):
+        verb = "accepts" if kind == "StartEvent" else "returns"
+        if not found:
+            raise WorkflowConfigurationError(
+                f"workflow {spec.name}: no step {verb} a {kind} (or a subclass); add a step that does")
+        if len(found) > 1:
+            raise WorkflowConfigurationError(
+                f"workflow {spec.name}: its steps {verb.rstrip('s')} more than one {kind} class "
+                f"({', '.join(sorted(t.__name__ for t in found))}); use exactly one")
+    assert spec.start_event_type is not None and spec.stop_event_type is not None
+    return spec.start_event_type, spec.stop_event_type
+
+
+def _accepts_type(step: StepSpec, produced: type) -> bool:
+    if step.accept_event_subclasses and not issubclass(produced, StopEvent):
+        return any(issubclass(produced, t) for t in step.accepts)
+    return produced in step.accepts
+
+
+def validate(spec: WorkflowSpec, skip_graph_checks: Iterable[str] = ()) -> bool:
+    """Check the graph: raise ``WorkflowConfigurationError`` (start/stop classes) or
+    ``WorkflowValidationError`` naming the step and event when it cannot run; return whether the workflow uses
+    human-in-the-loop.
+
+    The checks: no step takes a StopEvent; every event a step takes is produced by a step, except the ones
+    that come from outside (InputRequiredEvent, HumanResponseEvent, StopEvent, StepFailedEvent subclasses);
+    every event a step returns is taken by a step, except the ones that leave the workflow (InputRequiredEvent,
+    HumanResponseEvent, StopEvent subclasses); the ``@catch_error`` handlers are unambiguous; and, unless
+    skipped, every step is reachable from the start (or a HumanResponseEvent, or a handler), every event
+    without a taker is an output (StopEvent, InputRequiredEvent), and every step producing events can reach
+    an output."""
+    start, _ = infer_start_and_stop(spec)
+    steps = spec.steps
+    skip = set(skip_graph_checks)
+    for s in steps.values():
+        if any(issubclass(t, StopEvent) for t in s.accepts):
+            raise WorkflowValidationError(
+                f"workflow {spec.name}: step '{s.name}' takes a StopEvent, which ends the run and reaches no "
+                "step; take another event type")
+    produced: dict[type, list[str]] = {start: []}
+    for s in steps.values():
         for t in s.emits:
-            if not issubclass(t, StopEvent) and t not in spec.consumers:
+            produced.setdefault(t, []).append(s.name)
+    for s in steps.values():
+        for t in s.accepts:
+            if issubclass(t, (InputRequiredEvent, HumanResponseEvent, StopEvent, StepFailedEvent)):
+                continue
+            if not any(p is t or (s.accept_event_subclasses and issubclass(p, t)) for p in produced):
                 raise WorkflowValidationError(
-                    f"workflow {spec.name}: step '{s.name}' produces {t.__name__}, "
-                    "but no step accepts it")
+                    f"workflow {spec.name}: step '{s.name}' takes {t.__name__}, but no step produces it")
+    for t, producers in produced.items():
+        if issubclass(t, (InputRequiredEvent, HumanResponseEvent, StopEvent)):
+            continue
+        if not any(_accepts_type(s, t) for s in steps.values()):
+            who = f"step '{producers[0]}' produces" if producers else "the run starts with"
+            raise WorkflowValidationError(f"workflow {spec.name}: {who} {t.__name__}, but no step accepts it")
+    _check_handlers(spec)
+    _check_graph(spec, start, skip)
+    return any(issubclass(t, InputRequiredEvent) for t in produced) or any(
+        issubclass(t, HumanResponseEvent) for s in steps.values() for t in s.accepts)
+
+
+def _check_handlers(spec: WorkflowSpec) -> None:
+    handlers = [s for s in spec.steps.values() if s.is_catch_error]
+    wildcards = [h.name for h in handlers if h.for_steps is None]
+    if len(wildcards) > 1:
+        raise WorkflowValidationError(
+            f"workflow {spec.name}: one @catch_error handler without for_steps is allowed, found "
+            f"{', '.join(sorted(wildcards))}")
+    names = {h.name for h in handlers}
+    owner: dict[str, str] = {}
+    for h in handlers:
+        for target in h.for_steps or ():
+            if target not in spec.steps:
+                raise WorkflowValidationError(
+                    f"workflow {spec.name}: @catch_error handler '{h.name}' names the unknown step '{target}'")
+            if target in names:
+                raise WorkflowValidationError(
+                    f"workflow {spec.name}: @catch_error handler '{h.name}' cannot cover the handler "
+                    f"'{target}'")
+            if target in owner:
+                raise WorkflowValidationError(
+                    f"workflow {spec.name}: step '{target}' is claimed by two @catch_error handlers, "
+                    f"'{owner[target]}' and '{h.name}'")
+            owner[target] = h.name
+
+
+def _check_graph(spec: WorkflowSpec, start: type, skip: set[str]) -> None:
+    steps = spec.steps
+    event_types = {start} | spec.event_types()
+    out: dict[Any, list[Any]] = {}
+    for s in steps.values():
+        out[s.name] = list(s.emits)
+    for t in event_types:
+        out[t] = [s.name for s in steps.values() if _accepts_type(s, t)]
+
+    def reach(seeds: list[Any], edges: dict[Any, list[Any]]) -> set[Any]:
+        seen: set[Any] = set()
+        todo = list(seeds)
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges.get(node, ()))
+        return seen
+
+    problems = []
+    if "reachability" not in skip:
+        seeds: list[Any] = [start, *(t for t in event_types if issubclass(t, HumanResponseEvent))]
+        seeds += [s.name for s in steps.values() if s.is_catch_error]
+        forward = reach(seeds, out)
+        lost = sorted(n for n, s in steps.items() if n not in forward and "reachability" not in s.skip_graph_checks)
+        if lost:
+            problems.append(f"unreachable steps: {', '.join(lost)} (a step must be reachable from the "
+                            "StartEvent, a HumanResponseEvent or a @catch_error handler)")
+    if "terminal_event" not in skip:
+        dangling = sorted(t.__name__ for t in event_types
+                          if not out.get(t) and not issubclass(t, (StopEvent, InputRequiredEvent)))
+        if dangling:
+            problems.append(f"events produced but never consumed: {', '.join(dangling)} (only StopEvent and "
+                            "InputRequiredEvent may end a path)")
+    if "dead_end" not in skip:
+        back: dict[Any, list[Any]] = {}
+        for node, targets in out.items():
+            for target in targets:
+                back.setdefault(target, []).append(node)
+        backward = reach([t for t in event_types if issubclass(t, (StopEvent, InputRequiredEvent))], back)
+        dead = sorted(n for n, s in steps.items()
+                      if s.emits and n not in backward and "dead_end" not in s.skip_graph_checks)
+        if dead:
+            problems.append(f"dead-end steps: {', '.join(dead)} (a step producing events must have a path to a "
+                            "StopEvent or an InputRequiredEvent)")
+    if problems:
+        raise WorkflowValidationError(f"workflow {spec.name}: " + "; ".join(problems))
+
+
+def _check_resource_configs(spec: WorkflowSpec) -> None:
+    errors = []
+    for s in spec.steps.values():
+        for param, descriptor, _ in s.resources:
+            if isinstance(descriptor, ConfigResource):
+                try:
+                    descriptor.call()
+                except Exception as exc:  # noqa: BLE001 -- reported, all together
+                    errors.append(f"step '{s.name}', parameter '{param}': {exc}")
+    if errors:
+        raise WorkflowValidationError(f"workflow {spec.name}: resource configs: " + "; ".join(errors))
+
+
+def _check_resources(spec: WorkflowSpec) -> None:
+    async def build_all() -> list[str]:
+        manager, errors = ResourceManager(), []
+        for s in spec.steps.values():
+            for param, descriptor, annotation in s.resources:
+                try:
+                    await manager.resolve_all([(param, descriptor, annotation)])
+                except Exception as exc:  # noqa: BLE001 -- reported, all together
+                    errors.append(f"step '{s.name}', parameter '{param}': {exc}")
+        return errors
+
+    errors = asyncio.run(build_all())
+    if errors:
+        raise WorkflowValidationError(f"workflow {spec.name}: resources: " + "; ".join(errors))

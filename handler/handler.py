@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors import (
-    Context, Event, InternalDispatchEvent, StopEvent, WorkflowCancelledByUser, WorkflowRuntimeError,
+    Context, ContextStateError, Event, InternalDispatchEvent, StopEvent, WorkflowCancelledByUser,
+    WorkflowRuntimeError,
 )
 from actors.host import WaitRequest, bind_context
 from runtime import END, RunAdapter
@@ -23,7 +24,9 @@ from .callbacks import callbacks
 
 if TYPE_CHECKING:
     from actors import Workflow
+    from actors.context.serializers import BaseSerializer
     from actors.host import WorkflowSpec
+    from actors.retry_policy import RetryInfo
 
 T = TypeVar("T")
 
@@ -39,8 +42,9 @@ class _CallerBackend:
     """``handler.ctx``'s backend: the caller's side of the run, through the adapter. Every call waits for
     the supervisor's answer, so its error reaches the caller (nothing is fired and forgotten)."""
 
-    def __init__(self, adapter: RunAdapter, wspec: WorkflowSpec, guard: Callable[[], bool]) -> None:
-        self.adapter, self.wspec, self._guard = adapter, wspec, guard
+    def __init__(self, adapter: RunAdapter, wspec: WorkflowSpec, guard: Callable[[], bool],
+                 stream: Callable[[], AsyncIterator[Event]]) -> None:
+        self.adapter, self.wspec, self._guard, self._stream = adapter, wspec, guard, stream
 
     def wait(self, fut: concurrent.futures.Future[T]) -> T:
         if self._guard() and not fut.done():
@@ -64,11 +68,26 @@ class _CallerBackend:
     def wait_for_event(self, wait: WaitRequest) -> Event:
         raise WorkflowRuntimeError("wait_for_event() is for steps; from outside, stream the run's events")
 
-    def snapshot(self) -> dict[str, Any]:
-        return self.adapter.snapshot()
+    def snapshot(self, serializer: BaseSerializer | None, include_state: bool) -> dict[str, Any]:
+        return self.adapter.snapshot(serializer, include_state)
 
     def previous_run(self) -> Any:
+        if not self.adapter.result.done():
+            raise ContextStateError(f"run {self.adapter.run_id} is still going: this Context can start a new "
+                                    "run once its run has ended")
         return self.adapter.previous_run()
+
+    def is_running(self) -> bool:
+        return not self.adapter.result.done()
+
+    def running_steps(self) -> concurrent.futures.Future[list[str]]:
+        return self.adapter.running_steps()
+
+    def stream_events(self) -> AsyncIterator[Event]:
+        return self._stream()
+
+    def retry_info(self) -> RetryInfo:
+        raise ContextStateError("retry_info() is for steps (their ctx), not for the caller's handler.ctx")
 
 
 class WorkflowHandler(Awaitable[Any]):
@@ -97,7 +116,7 @@ class WorkflowHandler(Awaitable[Any]):
         self._adapter = adapter
         self._on_engine_thread = guard
         self.run_id = adapter.run_id
-        self._backend = _CallerBackend(adapter, wspec, guard)
+        self._backend = _CallerBackend(adapter, wspec, guard, lambda: self.stream_events(expose_internal=True))
         self._ctx = bind_context(self._backend, workflow)
         self._stream_lock = threading.Lock()
         self._all_events_consumed = False

@@ -341,7 +341,7 @@ class LoadMix(Workflow):
     """
 
     @step
-    async def plan(self, ctx: Context, ev: StartEvent) -> Io:
+    async def plan(self, ctx: Context, ev: StartEvent) -> Io | Job:  # sends Job too
         await ctx.store.set("plan", {"parts": ev.parts})
         for i in range(ev.parts):
             ctx.send_event(Job(n=ev.n, fail=ev.fail_def and i == 0, spin_s=ev.spin_s if i == 0 else 0.0,

@@ -16,6 +16,7 @@ from runtime.stream import EventStream
 
 if TYPE_CHECKING:
     from actors import Context, Event, StartEvent, StopEvent, Workflow
+    from actors.context.serializers import BaseSerializer
 
 
 class RunAdapter(ABC):
@@ -61,8 +62,13 @@ class RunAdapter(ABC):
         raises while the run is going."""
 
     @abstractmethod
-    def snapshot(self) -> dict[str, Any]:
-        """``Context.to_dict()`` of the ended run: a JSON-serializable dict."""
+    def snapshot(self, serializer: BaseSerializer | None = None, include_state: bool = True) -> dict[str, Any]:
+        """``Context.to_dict()`` of the run, going or ended: a JSON-serializable dict, taken consistently
+        where the run lives; ``serializer`` encodes the state's values."""
+
+    @abstractmethod
+    def running_steps(self) -> concurrent.futures.Future[list[str]]:
+        """The names of the steps with an invocation in progress."""
 
     @abstractmethod
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
@@ -74,9 +80,10 @@ class Engine(ABC):
     """Something that runs workflows and hands out ``RunAdapter``s."""
 
     @abstractmethod
-    def start_run(self, workflow: Workflow, start_event: StartEvent, ctx: Context[Any] | None
-                  ) -> RunAdapter:
-        """Start a run (validated by the caller) and return its adapter at once."""
+    def start_run(self, workflow: Workflow, start_event: StartEvent | None, ctx: Context[Any] | None,
+                  run_id: str | None = None) -> RunAdapter:
+        """Start a run (validated by the caller) and return its adapter at once. ``start_event`` is None
+        when ``ctx`` continues a run still going (restored from a snapshot); ``run_id`` names the run."""
 
     @abstractmethod
     def shutdown(self) -> None:

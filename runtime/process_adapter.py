@@ -12,13 +12,16 @@ import concurrent.futures
 from typing import TYPE_CHECKING, Any
 
 from actors import Event, WorkflowRuntimeError
+from actors.context.snapshot import encode_snapshot
 from actors.host import Packed, spec_of
 
 from runtime.engine import RunAdapter
+from runtime.run.snapshot import image
 from runtime.stream import EventStream
 
 if TYPE_CHECKING:
     from actors import StopEvent, Workflow
+    from actors.context.serializers import BaseSerializer
 
     from runtime.run.state import RunState
     from runtime.supervisor.supervisor import Supervisor
@@ -113,15 +116,21 @@ class ProcessRunAdapter(RunAdapter):
                 f"run {self.run_id} is still going: a Context can start a new run once its run has ended")
         return run
 
-    def snapshot(self) -> dict[str, Any]:
-        run = self.final_run
-        if run is None:
-            raise WorkflowRuntimeError(
-                f"run {self.run_id} is still going: to_dict() needs a run that has ended (stop it "
-                "gracefully with cancel_run() first)")
+    def snapshot(self, serializer: BaseSerializer | None = None, include_state: bool = True) -> dict[str, Any]:
+        """``Context.to_dict()``: the run is captured on the supervisor thread, through its door (a consistent
+        instant, live or ended), then turned into JSON here, on the caller's thread."""
+        run = self.final_run or self.run
+        assert run is not None
         if self._sup.in_loop_thread():
-            return self._sup.snapshot(run)
-        return self._sup.call(self._sup.snapshot, run).result()
+            cap = self._sup.capture(run)
+        else:
+            cap = self._sup.call(self._sup.capture, run).result()
+        return encode_snapshot(image(cap, self._sup.codec), serializer, include_state)
+
+    def running_steps(self) -> concurrent.futures.Future[list[str]]:
+        run = self.run
+        assert run is not None
+        return self._sup.call(self._sup.running_steps, run)
 
     def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
                        ) -> list[Event] | None:

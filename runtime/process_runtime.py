@@ -19,7 +19,8 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from actors import RuntimeBrokenError, StartEvent, Workflow
+from actors import ContextSerdeError, RuntimeBrokenError, StartEvent, Workflow
+from actors.context.state_store import new_state
 from actors.host import Packed, continues_from, spec_of
 
 from runtime.default import register
@@ -145,22 +146,26 @@ class ProcessRuntime(Engine):
         return self._sup.call(lambda: [w.pid for w in self._sup.pool.live()]).result(10)
 
     # --- runs ------------------------------------------------------------------------------------------
-    def start_run(self, workflow: Workflow, start_event: StartEvent, ctx: Context[Any] | None
-                  ) -> RunAdapter:
+    def start_run(self, workflow: Workflow, start_event: StartEvent | None, ctx: Context[Any] | None,
+                  run_id: str | None = None) -> RunAdapter:
         self.start()
         wspec = spec_of(workflow)
         key, definition = self._workflow_key(workflow, wspec.event_types())
-        packed = self._sup.codec.pack(start_event)
-        adapter = ProcessRunAdapter(self._sup, uuid.uuid4().hex, workflow)
+        packed = self._sup.codec.pack(start_event) if start_event is not None else None
+        adapter = ProcessRunAdapter(self._sup, run_id or uuid.uuid4().hex, workflow)
         run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed, definition,
-                       store=wspec.state_type() if wspec.state_type else {})
+                       store=new_state(wspec.state_type))
         adapter.run = run
         if ctx is not None:
-            previous, data = continues_from(ctx)
+            previous, img = continues_from(ctx)
             if isinstance(previous, RunState):
                 run.previous = previous  # read on the supervisor thread, which owns it
-            else:
-                seed(run, data, self._sup.codec)  # the snapshot is the caller's: read it here
+            elif img is not None:
+                try:
+                    seed(run, img, self._sup.codec)  # the Context is the caller's: read it here
+                except Exception as exc:
+                    raise ContextSerdeError(f"run(ctx=...): the Context cannot start a run of "
+                                            f"{wspec.name}: {exc}") from exc
         begun = self._sup.call(self._sup.begin, run)
         begun.add_done_callback(adapter.begun)
         return adapter

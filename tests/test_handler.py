@@ -14,7 +14,7 @@ import pytest
 from conftest import pid_gone, wait_until
 
 from actors import (
-    Context, Event, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
+    Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
     WorkflowFailedEvent, WorkflowRuntimeError, step,
 )
 from handler import WorkflowHandler
@@ -25,7 +25,7 @@ class Ask(Event):
     question: str
 
 
-class Answer(Event):
+class Answer(HumanResponseEvent):  # sent by the caller: no step produces it
     text: str
 
 
@@ -102,6 +102,18 @@ async def test_each_run_has_its_own_run_id_and_str_names_workflow_and_run(rt: Pr
     await asyncio.gather(one, two)
     text = str(one)
     assert "PlainFlow" in text and one.run_id in text
+
+
+async def test_run_id_names_the_run_and_a_run_id_still_in_use_is_refused(rt: ProcessRuntime) -> None:
+    first = AskFlow(runtime=rt).run(run_id="mine")
+    assert first.run_id == "mine"
+    second = AskFlow(runtime=rt).run(run_id="mine")  # while the first waits for its Answer
+    with pytest.raises(WorkflowRuntimeError, match="mine"):
+        await asyncio.wait_for(second, 30)
+    await first.send_event(Answer(text="a"))
+    assert (await asyncio.wait_for(first, 30))[0] == "a"
+    third = PlainFlow(runtime=rt).run(run_id="mine", x=3)  # the id is free again
+    assert await asyncio.wait_for(third, 30) == {"x": 3}
 
 
 async def test_handler_ctx_reaches_the_runs_store_during_and_after_the_run(rt: ProcessRuntime) -> None:

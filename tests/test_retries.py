@@ -1,7 +1,8 @@
 """Issue 4 item 4: ``@step(retry_policy=...)``; retries also cover a worker that died running the step.
 
-``attempts`` counts the retries already made, so ``maximum_attempts=2`` allows up to three executions. Each
-execution records itself in the run's store (set before failing, so it survives the failure).
+``attempts`` counts the failures so far, from 1 (LlamaIndex Workflows' counting), so ``maximum_attempts=3``
+allows three executions in all. Each execution records itself in the run's store (set before failing, so it
+survives the failure).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _record_sync(ctx: Context) -> int:
 
 
 class AsyncRetry(Workflow):
-    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=DELAY))
+    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=DELAY))
     async def flaky(self, ctx: Context, ev: StartEvent) -> StopEvent:
         n = await _record(ctx)
         if n <= ev.failures:
@@ -51,7 +52,7 @@ class AsyncRetry(Workflow):
 
 
 class DefRetry(Workflow):
-    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=DELAY))
+    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=3, delay=DELAY))
     def flaky(self, ctx: Context, ev: StartEvent) -> StopEvent:
         n = _record_sync(ctx)
         if n <= ev.failures:
@@ -78,7 +79,7 @@ async def test_a_step_failing_twice_succeeds_on_its_third_execution(
 
 
 @pytest.mark.parametrize("flow", FLOWS)
-def test_maximum_attempts_two_means_at_most_three_executions_then_the_error(
+def test_maximum_attempts_three_means_three_executions_in_all_then_the_error(
         rt: ProcessRuntime, flow: type[Workflow]) -> None:
     handler = flow(runtime=rt).run(failures=10, crash=False)
     with pytest.raises(Flaky, match="attempt 3") as info:
@@ -122,13 +123,13 @@ def test_maximum_attempts_zero_means_a_single_execution(rt: ProcessRuntime) -> N
     assert len(asyncio.run(_tries(handler))) == 1
 
 
-def test_a_custom_policy_sees_the_retries_already_made_and_the_error(rt: ProcessRuntime) -> None:
+def test_a_custom_policy_sees_the_failures_so_far_counted_from_one_and_the_error(rt: ProcessRuntime) -> None:
     calls: list[tuple[int, str]] = []
 
     class Recording:
         def next(self, elapsed_time: float, attempts: int, error: Exception) -> float | None:
             calls.append((attempts, type(error).__name__))
-            return 0.0 if attempts < 2 else None
+            return 0.0 if attempts < 3 else None
 
     assert isinstance(Recording(), RetryPolicy)
 
@@ -139,16 +140,17 @@ def test_a_custom_policy_sees_the_retries_already_made_and_the_error(rt: Process
 
     with pytest.raises(Flaky, match="3"):
         CustomRetry(runtime=rt).run().result(30)
-    assert calls == [(0, "Flaky"), (1, "Flaky"), (2, "Flaky")]
+    assert calls == [(1, "Flaky"), (2, "Flaky"), (3, "Flaky")]
 
 
 def test_exponential_backoff_grows_by_the_multiplier_up_to_the_maximum_delay() -> None:
-    policy = ExponentialBackoffRetryPolicy(initial_delay=1.0, multiplier=3.0, maximum_delay=5.0,
-                                           maximum_attempts=3)
+    # LlamaIndex's parameter names (max_delay) and counting (attempts = failures so far, from 1).
+    policy = ExponentialBackoffRetryPolicy(initial_delay=1.0, multiplier=3.0, max_delay=5.0,
+                                           maximum_attempts=4, jitter=False)
     err = Flaky()
-    assert [policy.next(0.0, n, err) for n in range(4)] == [1.0, 3.0, 5.0, None]
-    constant = ConstantDelayRetryPolicy(maximum_attempts=2, delay=0.5)
-    assert [constant.next(0.0, n, err) for n in range(3)] == [0.5, 0.5, None]
+    assert [policy.next(0.0, n, err) for n in range(1, 5)] == [1.0, 3.0, 5.0, None]
+    constant = ConstantDelayRetryPolicy(maximum_attempts=3, delay=0.5)
+    assert [constant.next(0.0, n, err) for n in range(1, 4)] == [0.5, 0.5, None]
 
 
 class Edited(Event):
@@ -158,7 +160,7 @@ class Edited(Event):
 class CrashInEdit(Workflow):
     """A def step dies while holding the state lock; its retry must get the lock (the dead edit is lost)."""
 
-    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=1, delay=DELAY))
+    @step(retry_policy=ConstantDelayRetryPolicy(maximum_attempts=2, delay=DELAY))
     def edit(self, ctx: Context, ev: StartEvent) -> StopEvent:
         n = _record_sync(ctx)
         with ctx.store.edit_state_sync() as state:

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from actors import (
-    Context, Event, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
+    Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
     WorkflowRuntimeError, step,
 )
 from conftest import wait_until
@@ -31,7 +31,7 @@ class Tick(Event):
     i: int
 
 
-class Ping(Event):
+class Ping(HumanResponseEvent):  # sent from outside: no step produces it
     run: int
     n: int
 

@@ -1,6 +1,8 @@
 """Issue 2 item 3 (validation before a run starts) and the start-event rule of item 9.
 
-Every invalid workflow here runs on a ``RecordingEngine``: ``run()`` must raise before it reaches the engine.
+Rejections happen at LlamaIndex Workflows' moments: a bad step signature at the class statement, a start or
+stop event class that cannot be inferred at construction (``WorkflowConfigurationError``), a bad event graph
+in ``run()``. Workflows run on a ``RecordingEngine``: nothing invalid may reach the engine.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from typing import Any
 import pytest
 
 from actors import (
-    Context, Event, StartEvent, StopEvent, Workflow, WorkflowError, WorkflowRuntimeError,
-    WorkflowValidationError, step,
+    Context, Event, StartEvent, StopEvent, Workflow, WorkflowConfigurationError, WorkflowError,
+    WorkflowRuntimeError, WorkflowValidationError, step,
 )
 from runtime import Engine, ProcessRuntime
 
@@ -46,7 +48,83 @@ class StartB(StartEvent):
     pass
 
 
-# --- one workflow per rule ----------------------------------------------------------------------------------
+# --- one workflow per rule, rejected when LlamaIndex Workflows rejects it ---------------------------------------
+# A bad step signature is rejected when the class statement runs (the decorator reads it): each builder
+# defines its workflow inside a function, so the rejection is seen by the test.
+def no_event_param() -> type[Workflow]:
+    class NoEventParamFlow(Workflow):
+        @step
+        async def begin(self, ctx: Context) -> StopEvent:
+            return StopEvent()
+    return NoEventParamFlow
+
+
+def unannotated_event() -> type[Workflow]:
+    class UnannotatedEventFlow(Workflow):
+        @step
+        async def begin(self, ev) -> StopEvent:  # type: ignore[no-untyped-def]
+            return StopEvent()
+    return UnannotatedEventFlow
+
+
+def stray_param() -> type[Workflow]:
+    class StrayParamFlow(Workflow):
+        @step
+        async def begin(self, ev: StartEvent, limit: int) -> StopEvent:
+            return StopEvent()
+    return StrayParamFlow
+
+
+def no_return() -> type[Workflow]:
+    class NoReturnFlow(Workflow):
+        @step
+        async def begin(self, ev: StartEvent):  # type: ignore[no-untyped-def]
+            return StopEvent()
+    return NoReturnFlow
+
+
+def non_event_return() -> type[Workflow]:
+    class NonEventReturnFlow(Workflow):
+        @step
+        async def begin(self, ev: StartEvent) -> int:
+            return 1
+    return NonEventReturnFlow
+
+
+class FreeBadFlow(Workflow):
+    @step
+    async def begin(self, ev: StartEvent) -> StopEvent:
+        return StopEvent()
+
+
+def free_without_return() -> type[Workflow]:
+    @step(workflow=FreeBadFlow)
+    async def free_without_return(ev: StartEvent):  # type: ignore[no-untyped-def]
+        return None
+    return FreeBadFlow
+
+
+BAD_SIGNATURES = [
+    # (builder, substrings the message must contain)
+    pytest.param(no_event_param, ["'begin'", "event parameter"], id="no-event-parameter"),
+    pytest.param(unannotated_event, ["'begin'", "event parameter"], id="unannotated-event-parameter"),
+    pytest.param(stray_param, ["'begin'", "'limit'"], id="parameter-neither-event-nor-context"),
+    pytest.param(no_return, ["'begin'", "return annotation"], id="no-return-annotation"),
+    pytest.param(non_event_return, ["'begin'", "int"], id="return-annotation-not-an-event"),
+    pytest.param(free_without_return, ["'free_without_return'", "return annotation"], id="free-function-step"),
+]
+
+
+@pytest.mark.parametrize("build,words", BAD_SIGNATURES)
+def test_a_bad_step_signature_is_a_validation_error_at_the_class_statement_naming_the_step(
+        build: Any, words: list[str]) -> None:
+    with pytest.raises(WorkflowValidationError) as info:
+        build()
+    for word in words:
+        assert word in str(info.value)
+
+
+# The start and stop event classes are inferred when the workflow is constructed.
 class NoStepsFlow(Workflow):
     pass
 
@@ -65,42 +143,6 @@ class NoStopFlow(Workflow):
     @step
     async def pong(self, ev: Ping) -> None:
         return None
-
-
-class OrphanFlow(Workflow):
-    @step
-    async def begin(self, ev: StartEvent) -> Orphan | StopEvent:
-        return StopEvent(result="never emitted the orphan")
-
-
-class NoEventParamFlow(Workflow):
-    @step
-    async def begin(self, ctx: Context) -> StopEvent:
-        return StopEvent()
-
-
-class UnannotatedEventFlow(Workflow):
-    @step
-    async def begin(self, ev) -> StopEvent:  # type: ignore[no-untyped-def]
-        return StopEvent()
-
-
-class StrayParamFlow(Workflow):
-    @step
-    async def begin(self, ev: StartEvent, limit: int) -> StopEvent:
-        return StopEvent()
-
-
-class NoReturnFlow(Workflow):
-    @step
-    async def begin(self, ev: StartEvent):  # type: ignore[no-untyped-def]
-        return StopEvent()
-
-
-class NonEventReturnFlow(Workflow):
-    @step
-    async def begin(self, ev: StartEvent) -> int:
-        return 1
 
 
 class TwoStartsFlow(Workflow):
@@ -123,48 +165,46 @@ class StartAndSubclassFlow(Workflow):
         return StopEvent()
 
 
-class FreeBadFlow(Workflow):
-    @step
-    async def begin(self, ev: StartEvent) -> StopEvent:
-        return StopEvent()
-
-
-@step(workflow=FreeBadFlow)
-async def free_without_return(ev: StartEvent):  # type: ignore[no-untyped-def]
-    return None
-
-
-INVALID = [
-    # (workflow, substrings the message must contain)
+UNCONFIGURED = [
     pytest.param(NoStepsFlow, ["NoStepsFlow", "no steps"], id="no-steps"),
     pytest.param(NoStartFlow, ["NoStartFlow", "StartEvent"], id="no-step-accepts-the-start-event"),
     pytest.param(NoStopFlow, ["NoStopFlow", "StopEvent"], id="no-step-returns-a-stop-event"),
-    pytest.param(OrphanFlow, ["'begin'", "Orphan"], id="event-produced-but-accepted-by-no-step"),
-    pytest.param(NoEventParamFlow, ["'begin'", "event parameter"], id="no-event-parameter"),
-    pytest.param(UnannotatedEventFlow, ["'begin'", "event parameter"], id="unannotated-event-parameter"),
-    pytest.param(StrayParamFlow, ["'begin'", "'limit'"], id="parameter-neither-event-nor-context"),
-    pytest.param(NoReturnFlow, ["'begin'", "return annotation"], id="no-return-annotation"),
-    pytest.param(NonEventReturnFlow, ["'begin'", "int"], id="return-annotation-not-an-event"),
     pytest.param(TwoStartsFlow, ["StartA", "StartB"], id="two-start-event-types"),
     pytest.param(StartAndSubclassFlow, ["StartA", "StartEvent"], id="start-event-and-a-subclass"),
-    pytest.param(FreeBadFlow, ["'free_without_return'", "return annotation"], id="free-function-step"),
 ]
 
 
-@pytest.mark.parametrize("flow,words", INVALID)
-def test_run_raises_a_validation_error_naming_the_step_and_event_before_starting(
+@pytest.mark.parametrize("flow,words", UNCONFIGURED)
+def test_a_workflow_whose_start_or_stop_event_cannot_be_inferred_is_a_configuration_error_at_construction(
         flow: type[Workflow], words: list[str]) -> None:
     engine = RecordingEngine()
-    with pytest.raises(WorkflowValidationError) as info:
-        flow(runtime=engine).run()
+    with pytest.raises(WorkflowConfigurationError) as info:
+        flow(runtime=engine)
     for word in words:
         assert word in str(info.value)
+    assert engine.calls == []
+
+
+# The event graph is checked by validate() and run(), before anything starts.
+class OrphanFlow(Workflow):
+    @step
+    async def begin(self, ev: StartEvent) -> Orphan | StopEvent:
+        return StopEvent(result="never emitted the orphan")
+
+
+def test_run_raises_a_validation_error_naming_the_step_and_event_before_starting() -> None:
+    engine = RecordingEngine()
+    with pytest.raises(WorkflowValidationError) as info:
+        OrphanFlow(runtime=engine).run()
+    assert "'begin'" in str(info.value) and "Orphan" in str(info.value)
     assert engine.calls == []
 
 
 def test_validation_errors_are_workflow_errors() -> None:
     assert issubclass(WorkflowValidationError, WorkflowError)
     assert issubclass(WorkflowRuntimeError, WorkflowError)
+    assert issubclass(WorkflowConfigurationError, WorkflowError)
+    assert not issubclass(WorkflowConfigurationError, WorkflowValidationError)
 
 
 def test_a_workflow_stays_invalid_on_every_run_attempt() -> None:
@@ -213,12 +253,28 @@ def test_run_that_cannot_build_the_start_event_raises_workflow_runtime_error(cal
 
 
 # --- disable_validation -------------------------------------------------------------------------------------
-class LyingAnnotationFlow(Workflow):
-    """Annotated as returning nothing, yet returns a StopEvent: only the validator objects."""
+class Ping2(Event):
+    pass
+
+
+class Pong2(Event):
+    pass
+
+
+class DeadBranchFlow(Workflow):
+    """``bounce`` and ``back`` can never run (nothing reaches them): only the validator objects."""
 
     @step
-    async def begin(self, ev: StartEvent) -> None:
-        return StopEvent(result="ran anyway")  # type: ignore[return-value]
+    async def begin(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="ran anyway")
+
+    @step
+    async def bounce(self, ev: Ping2) -> Pong2:
+        return Pong2()
+
+    @step
+    async def back(self, ev: Pong2) -> Ping2:
+        return Ping2()
 
 
 class ReallyOrphanFlow(Workflow):
@@ -229,10 +285,10 @@ class ReallyOrphanFlow(Workflow):
 
 def test_disable_validation_runs_a_workflow_the_validator_rejects(rt: ProcessRuntime) -> None:
     with pytest.raises(WorkflowValidationError):
-        LyingAnnotationFlow(runtime=rt).run()
+        DeadBranchFlow(runtime=rt).run()
     with pytest.raises(WorkflowValidationError):
         OrphanFlow(runtime=rt).run()
-    assert LyingAnnotationFlow(runtime=rt, disable_validation=True).run().result(timeout=30) == "ran anyway"
+    assert DeadBranchFlow(runtime=rt, disable_validation=True).run().result(timeout=30) == "ran anyway"
     assert OrphanFlow(runtime=rt, disable_validation=True).run().result(timeout=30) == \
         "never emitted the orphan"
 

@@ -122,7 +122,7 @@ def test_a_def_step_can_wait_several_times_and_each_waiter_event_is_written_once
     assert prompts == ["first", "second"]
 
 
-class Trigger(Event):
+class Trigger(HumanResponseEvent):  # sent by the caller: no step produces it
     response: str
 
 
@@ -223,7 +223,7 @@ class Ping(Event):
 
 class Targets(Workflow):
     @step
-    async def begin(self, ctx: Context, ev: StartEvent) -> None:
+    async def begin(self, ctx: Context, ev: StartEvent) -> Ping | None:
         if ev.bad_step:
             ctx.send_event(Ping(), step="no_such_step")
         if ev.bad_type:
@@ -288,7 +288,7 @@ class Replied(Event):
 
 class FanOutAsk(Workflow):
     @step
-    async def begin(self, ctx: Context, ev: StartEvent) -> None:
+    async def begin(self, ctx: Context, ev: StartEvent) -> Question | None:
         for user in ev.users:
             ctx.send_event(Question(user=user))
         return None

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..events import Event
+
+if TYPE_CHECKING:
+    from .serializers import BaseSerializer
+    from ..retry_policy import RetryInfo
+
 
 class _Missing:
     """The "no default" marker; pickles as the module's singleton so it survives the trip to the parent."""
@@ -39,8 +45,12 @@ class ContextBackend(Protocol):
         cannot simply block on it where the thread blocking is the one that would resolve it."""
         ...
     def wait_for_event(self, wait: WaitRequest) -> Event: ...
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self, serializer: BaseSerializer | None, include_state: bool) -> dict[str, Any]: ...
     def previous_run(self) -> Any: ...
+    def is_running(self) -> bool: ...
+    def running_steps(self) -> concurrent.futures.Future[list[str]]: ...
+    def stream_events(self) -> AsyncIterator[Event]: ...
+    def retry_info(self) -> RetryInfo: ...
 
 
 @dataclass(frozen=True, slots=True)

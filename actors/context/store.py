@@ -23,7 +23,8 @@ class Store:
         self._ctx = ctx
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
-        """The value at ``key`` (dotted keys reach into nested dicts); ``default`` or KeyError if absent."""
+        """The value at ``key`` (dotted keys reach into nested dicts, models and lists); ``default``, or
+        ``ValueError`` when absent and no default was given."""
         return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get", key, default))
 
     async def set(self, key: str, value: Any) -> None:
@@ -41,12 +42,17 @@ class Store:
         backend.wait(backend.store_call("set", key, value))
 
     async def get_state(self) -> Any:
-        """A copy of the whole state: the ``Context[State]`` model, or the dict of keys."""
+        """A copy of the whole state: the ``Context[State]`` model, or a ``DictState`` (dict-like)."""
         return await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("get_state"))
 
     async def set_state(self, state: Any) -> None:
-        """Replace the whole state (an instance of the workflow's state type, or a dict)."""
+        """Replace the whole state (an instance of the workflow's state type or of a base class of it, whose
+        fields are then merged; a dict or ``DictState`` for an untyped state)."""
         await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("set_state", state))
+
+    async def clear(self) -> None:
+        """Reset the state to the defaults of its type (an empty ``DictState`` when untyped)."""
+        await asyncio.wrap_future(self._ctx._backend_or_raise().store_call("clear"))
 
     @contextlib.asynccontextmanager
     async def edit_state(self) -> AsyncIterator[Any]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..context import Suspend, WaitRequest
-from ..errors import PayloadError, WorkflowRuntimeError
+from ..errors import ContextStateError, PayloadError, WorkflowRuntimeError
 from ..events import Event
+from ..retry_policy import RetryInfo
 from .protocol import Emit, Invoke, Publish
 
 if TYPE_CHECKING:
+    from ..context.serializers import BaseSerializer
     from ..workflow import WorkflowSpec
     from .host import ActorHost
 
@@ -87,8 +92,35 @@ class WorkerBackend:
                 return value  # type: ignore[no-any-return]
         raise Suspend(wait, waiter_id)
 
-    def snapshot(self) -> dict[str, Any]:
-        raise WorkflowRuntimeError("to_dict() is for the caller's handler.ctx, not inside a step")
+    def snapshot(self, serializer: BaseSerializer | None, include_state: bool) -> dict[str, Any]:
+        raise ContextStateError("to_dict() is for the caller's handler.ctx, not inside a step")
 
     def previous_run(self) -> Any:
-        raise WorkflowRuntimeError("a step's Context cannot start another run")
+        raise ContextStateError("a step's Context cannot start another run")
+
+    # --- what LlamaIndex's Context offers a step, beyond the above ------------------------------------------
+    def is_running(self) -> bool:
+        return True  # a step runs inside its run
+
+    def _callers_only(self, what: str) -> NoReturn:
+        raise ContextStateError(f"step '{self.msg.step}': {what} is for the caller's side of the run "
+                                "(handler.ctx), not for steps")
+
+    def running_steps(self) -> concurrent.futures.Future[list[str]]:
+        self._callers_only("running_steps()")
+
+    def stream_events(self) -> AsyncIterator[Event]:
+        self._callers_only("stream_events()")
+
+    def retry_info(self) -> RetryInfo:
+        msg = self.msg
+        last_error = None
+        if msg.last_error is not None:
+            try:
+                last_error = self.host.mailbox.unpack(msg.last_error)
+            except PayloadError as exc:
+                last_error = exc
+        failed_at = None if msg.last_failed_at is None else \
+            datetime.fromtimestamp(msg.last_failed_at, tz=timezone.utc)
+        elapsed = max(0.0, time.time() - msg.first_try) if msg.first_try else 0.0
+        return RetryInfo(msg.attempt - 1, elapsed, last_error, failed_at)

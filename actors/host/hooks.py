@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..context import Context, ContextBackend
 
 if TYPE_CHECKING:
+    from ..context.snapshot import SnapshotImage
     from ..workflow import Workflow, WorkflowSpec
 
 
@@ -35,7 +36,8 @@ def follow_run(ctx: Context[Any], backend: ContextBackend) -> None:
     ctx._backend = backend
 
 
-def continues_from(ctx: Context[Any]) -> tuple[Any, dict[str, Any]]:
-    """What a run started with ``run(ctx=ctx)`` continues from: the engine's record of the run the
-    Context last followed (or None), and the snapshot given to ``Context.from_dict`` (or {})."""
+def continues_from(ctx: Context[Any]) -> tuple[Any, SnapshotImage | None]:
+    """What a run started with ``run(ctx=ctx)`` continues from: the engine's record of the run the Context
+    last followed (or None), or the image the Context holds before its first run (its store, and what a
+    snapshot given to ``Context.from_dict`` left to do)."""
     return ctx._carry()

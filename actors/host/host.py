@@ -49,6 +49,7 @@ from .protocol import (
     Reply, Request, Shutdown, Suspended,
 )
 from ..workflow import Workflow, WorkflowSpec
+from . import resources
 from .backend import WorkerBackend
 from .safe import release_frames, safe_text, safe_traceback, type_name
 
@@ -228,6 +229,7 @@ class ActorHost:
     async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
+            kwargs.update(await resources.inject(wspec.steps[msg.step], workflow))
             result = await fn(**kwargs)
             return self._done(msg, result)
         except Suspend as suspend:
@@ -242,6 +244,7 @@ class ActorHost:
     def _call_sync(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
+            kwargs.update(resources.inject_blocking(wspec.steps[msg.step], workflow, self.loop))
             return self._done(msg, fn(**kwargs))
         except Suspend as suspend:
             return self._suspended(msg, suspend)

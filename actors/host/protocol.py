@@ -66,7 +66,10 @@ class Invoke:
     """Run ``step`` of workflow ``workflow`` on ``event`` as invocation ``inv`` of run ``run_id``.
 
     A step that waited for events is run again from the start (``lineage`` names its first invocation);
-    ``resumed`` maps each of its waiter ids to the event (or the timeout error) that answered it."""
+    ``resumed`` maps each of its waiter ids to the event (or the timeout error) that answered it.
+    ``attempt`` counts from 1 (a retry is attempt 2, ...); ``first_try`` is the wall-clock time the first
+    attempt began, ``last_error`` / ``last_failed_at`` the previous attempt's error and wall-clock failure time
+    (for ``ctx.retry_info()``)."""
 
     inv: int
     run_id: str
@@ -75,6 +78,10 @@ class Invoke:
     event: Packed
     lineage: int = 0
     resumed: tuple[tuple[str, Packed], ...] = ()
+    attempt: int = 1
+    first_try: float = 0.0
+    last_error: Packed | None = None
+    last_failed_at: float | None = None
 
 
 @wire

@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf, spec = make_workflow(cls, args.timeout, kw)
     rt = ProcessRuntime(workers=args.workers)
     wf.runtime = rt
-    stats = RunStats({name: StepCounts() for name in spec.steps}, workers=rt.workers,
+    stats = RunStats({name: StepCounts() for name in spec.steps}, workers=rt.workers, exact=True,
                      first_steps={name for name, s in spec.steps.items()
                                   if all(issubclass(t, StartEvent) for t in s.accepts)})
     view = _pick_view(args, stats)

@@ -123,7 +123,7 @@ def nodes_of(spec: WorkflowSpec) -> tuple[list[Node], list[tuple[str, str]], dic
             kinds[nid] = "event"
         fields = ", ".join(getattr(t, "model_fields", {}))
         tip = f"event {label}" + (f"({fields})" if fields else "")
-        if kinds[nid] == "external":
+        if t not in emitted and kinds[nid] in ("external", "input"):
             tip += "\nreturned by no step: sent from outside (handler.send_event)"
         out.append(Node(nid, kinds[nid], label, "", tip))
     return out, edges, step_names

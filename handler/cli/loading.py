@@ -31,6 +31,7 @@ from typing import Any, Literal
 import cloudpickle
 
 from actors import Workflow, WorkflowError, WorkflowValidationError
+from actors.errors import WorkflowConfigurationError
 from actors.host import WorkflowSpec, spec_of, validate, validated_spec
 
 OWN_PACKAGES = ("actors", "runtime", "handler")
@@ -196,7 +197,11 @@ def _only_workflow(module: ModuleType, where: str) -> type[Workflow]:
 
 
 # --- checks before the run ---------------------------------------------------------------------------
-def invalid(cls: type[Workflow], exc: WorkflowValidationError) -> UsageError:
+# The graph is wrong: LlamaIndex raises the first at validate()/run(), the second at construction.
+INVALID = (WorkflowValidationError, WorkflowConfigurationError)
+
+
+def invalid(cls: type[Workflow], exc: WorkflowError) -> UsageError:
     text = str(exc)
     prefix = "" if text.startswith(f"workflow {cls.__qualname__}") else f"workflow {cls.__qualname__}: "
     return UsageError(f"invalid {prefix}{one_line_error(exc)}")
@@ -207,7 +212,7 @@ def checked_spec(cls: type[Workflow]) -> WorkflowSpec:
     try:
         spec = spec_of(cls)
         validate(spec)
-    except WorkflowValidationError as exc:
+    except INVALID as exc:
         raise invalid(cls, exc) from exc
     return spec
 
@@ -218,6 +223,8 @@ def make_workflow(cls: type[Workflow], timeout: float | None | Literal[False], k
     that the start event accepts ``kw``."""
     try:
         wf = cls()
+    except INVALID as exc:
+        raise invalid(cls, exc) from exc
     except WorkflowError as exc:
         raise UsageError(f"cannot create {cls.__qualname__}(): {one_line_error(exc)}") from exc
     except Exception as exc:
@@ -227,7 +234,7 @@ def make_workflow(cls: type[Workflow], timeout: float | None | Literal[False], k
         wf.timeout = timeout
     try:
         spec = validated_spec(wf)
-    except WorkflowValidationError as exc:
+    except INVALID as exc:
         raise invalid(cls, exc) from exc
     start = spec.start_event_type
     if start is not None:

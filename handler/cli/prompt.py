@@ -34,7 +34,7 @@ def question(ev: InputRequiredEvent) -> str:
     prefix = ev.get("prefix")
     if isinstance(prefix, str) and prefix:
         return prefix if prefix.endswith((" ", "\n")) else prefix + " "
-    fields = {k: v for k, v in ev.model_dump().items() if v is not None}
+    fields = {k: v for k, v in {**ev.model_dump(), **ev.to_dict()}.items() if v is not None and k != "_data"}
     return (f"{type(ev).__name__} {fields}: " if fields else "input required: ").replace("\n", " ")
 
 

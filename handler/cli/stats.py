@@ -9,7 +9,8 @@ Per step, every invocation is in one place:
     done / failed / cancelled
 
 The runtime reports "waiting for a worker" exactly when it publishes ``StepStateChanged(state="pending")``
-as it creates an invocation (``exact``). Without it the count is derived: from ``StepQueueChanged.active``
+for every invocation it could not place at once (``exact``: procflow's ProcessRuntime does; an invocation
+placed at once goes straight to "running", as LlamaIndex skips PREPARING when there is capacity). Without it the count is derived: from ``StepQueueChanged.active``
 (invocations created, running or not) for steps that have a queue report, as 0 for every step while some
 worker is idle (nothing waits for a worker then), and is unknown (None) otherwise.
 

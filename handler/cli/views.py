@@ -31,6 +31,13 @@ LINE_EVERY = 1.0  # seconds between progress lines (when something changed)
 QUIET_EVERY = 30.0  # seconds between progress lines when nothing changed
 
 
+def event_fields(ev: Event) -> dict[str, Any]:
+    """An event's fields as JSON values: its declared fields and the free-form ones (which LlamaIndex-style
+    events keep apart, in ``_data``)."""
+    declared = {k: v for k, v in ev.model_dump().items() if k != "_data"}
+    return to_jsonable_python({**declared, **ev.to_dict()}, fallback=repr)  # type: ignore[no-any-return]
+
+
 class View:
     def __init__(self, stats: RunStats, out: TextIO) -> None:
         self.stats, self.out = stats, out
@@ -151,7 +158,7 @@ class JsonView(View):
     def event(self, ev: Event, t: float) -> None:
         line = {"t": round(t - self.stats.started, 6), "type": type(ev).__name__,
                 "internal": isinstance(ev, InternalDispatchEvent),
-                "event": to_jsonable_python(ev, fallback=repr)}
+                "event": event_fields(ev)}
         self.out.write(json.dumps(line) + "\n")
 
     def end(self, status: str, outcome: dict[str, Any]) -> None:

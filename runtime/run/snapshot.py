@@ -1,144 +1,119 @@
-"""JSON snapshots of a finished run (``Context.to_dict``) and runs seeded from them (``run(ctx=...)``).
+"""Snapshots of a run (``Context.to_dict``) and runs started from them (``run(ctx=...)``).
 
-A snapshot holds the state, the collect buffers, the steps suspended in ``wait_for_event`` (their input event,
-their answers so far) and what had not run yet ("leftovers"). Events are stored as ``{"type": "module:Qual",
-"data": model_dump(mode="json")}`` and found again among the workflow's own event classes first, so classes
-from ``__main__`` or a notebook resolve too.
+    supervisor thread: capture(run) -> a RunCapture of pickled copies, consistent (nothing runs between)
+    caller's thread:   image(capture) -> actors' SnapshotImage -> JSON, with the caller's serializer
+    caller's thread:   seed(run, image) fills a new RunState before it is handed to the supervisor
+    supervisor thread: carry(run, previous) for a Context reused across runs (no JSON, Python types kept)
+
+A snapshot of a run still going (or cancelled) holds what it had left to do: the inputs of the invocations in
+progress (they run again from their start on resume), the queued and retrying ones, the steps waiting in
+``wait_for_event``, the collect buffers. A run started from it continues (``resumes``) instead of starting from a
+StartEvent. The JSON format is ``actors.context.snapshot``'s.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
-
-from actors import (
-    Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent, WorkflowRuntimeError,
-    WorkflowTimeoutError,
-)
+from actors.context.snapshot import LeftoverImage, SnapshotImage, WaiterImage
 from actors.host import Packed
 
-from runtime.wire.codec import Codec
 from runtime.run.state import RunState, RunStatus, StepInput, Waiter
+from runtime.wire.codec import Codec
 
-_BUILTIN = (Event, StartEvent, StopEvent, InputRequiredEvent, HumanResponseEvent)
-VERSION = 1
-
-
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+_RESUMABLE = {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.CANCELLED}
 
 
-class _Types:
-    def __init__(self, known: set[type]) -> None:
-        self.by_name = {_type_name(t): t for t in (*_BUILTIN, *known)}
+@dataclass
+class RunCapture:
+    """A run at one instant, as pickled copies (taken on the supervisor thread, read anywhere)."""
 
-    def resolve(self, name: str) -> type:
-        cls = self.by_name.get(name)
-        if cls is not None:
-            return cls
-        module, _, qual = name.partition(":")
-        try:
-            obj: Any = importlib.import_module(module)
-            for part in qual.split("."):
-                obj = getattr(obj, part)
-        except Exception as exc:
-            raise WorkflowRuntimeError(f"snapshot names event type {name}, which cannot be found: {exc}") \
-                from exc
-        return obj  # type: ignore[no-any-return]
+    workflow: str
+    status: str
+    is_running: bool
+    state: Packed
+    buffers: dict[str, list[Packed]] = field(default_factory=dict)
+    waiters: list[Waiter] = field(default_factory=list)
+    leftovers: list[tuple[str, str | None, Any]] = field(default_factory=list)
 
 
-def _event_json(ev: Any) -> dict[str, Any]:
-    if isinstance(ev, BaseException):
-        return {"error": type(ev).__name__, "message": str(ev)}
-    return {"type": _type_name(type(ev)), "data": ev.model_dump(mode="json")}
+def capture(run: RunState, codec: Codec) -> RunCapture:
+    """The run as it is now. On the supervisor thread: it reads run state that only this thread changes."""
+    leftovers = list(run.leftovers)
+    if not run.status.ended:
+        leftovers += [("invoke", inv.step, inv.again()) for inv in run.invs.values()]
+        leftovers += [("invoke", retry.step, retry.item) for retry in run.retries.values()]
+        leftovers += [("invoke", step, item) for step, queue in run.queued.items() for item in queue]
+    return RunCapture(
+        run.wspec.name, run.status.value, run.status in _RESUMABLE, codec.pack(run.store),
+        {key: [codec.pack(ev) for ev in buffer.events()] for key, buffer in run.buffers.items() if buffer},
+        [dataclasses.replace(w, timer=None) for ws in run.waiters.values() for w in ws.values()],
+        leftovers)
 
 
-def to_dict(run: RunState, codec: Codec) -> dict[str, Any]:
-    """The JSON-serializable snapshot of an ended run."""
-    ev = lambda packed: _event_json(codec.unpack(packed))  # noqa: E731
-    store = run.store
-    try:
-        state = store.model_dump(mode="json") if isinstance(store, BaseModel) else to_jsonable_python(store)
-    except Exception as exc:
-        raise WorkflowRuntimeError(f"the run's state cannot be written as JSON: {exc}") from exc
-    waiters = [{
-        "step": w.step, "waiter_id": w.waiter_id, "lineage": w.lineage,
-        "event_type": _type_name(w.event_type), "requirements": to_jsonable_python(w.requirements),
-        "timeout": w.timeout, "input": ev(w.event),
-        "waiter_event": None if w.waiter_event is None else ev(w.waiter_event),
-        "resumed": [[wid, ev(answer)] for wid, answer in w.resumed],
-    } for ws in run.waiters.values() for w in ws.values()]
+def image(cap: RunCapture, codec: Codec) -> SnapshotImage:
+    """The capture as objects (unpickled here, on the caller's thread)."""
+    unpack = codec.unpack
+
+    def answers(resumed: tuple[tuple[str, Packed], ...]) -> list[tuple[str, Any]]:
+        return [(wid, unpack(answer)) for wid, answer in resumed]
+
+    waiters = [WaiterImage(w.step, w.waiter_id, w.lineage, w.event_type, dict(w.requirements), w.timeout,
+                           unpack(w.event), None if w.waiter_event is None else unpack(w.waiter_event),
+                           answers(w.resumed)) for w in cap.waiters]
     leftovers = []
-    for kind, step, item in run.leftovers:
+    for kind, step, item in cap.leftovers:
         if kind == "invoke":
-            leftovers.append({"kind": kind, "step": step, "input": ev(item.event), "lineage": item.lineage,
-                              "resumed": [[wid, ev(a)] for wid, a in item.resumed]})
+            leftovers.append(LeftoverImage("invoke", step, unpack(item.event), item.lineage, answers(item.resumed)))
         else:
-            leftovers.append({"kind": kind, "step": step, "event": ev(item)})
-    return {
-        "version": VERSION, "workflow": run.wspec.name, "status": run.status.value, "state": state,
-        "buffers": {k: [_event_json(e) for e in v.events()] for k, v in run.buffers.items() if v},
-        "waiters": waiters, "leftovers": leftovers,
-    }
+            leftovers.append(LeftoverImage("route", step, unpack(item)))
+    return SnapshotImage(cap.workflow, cap.status, cap.is_running, unpack(cap.state),
+                         {key: [unpack(p) for p in events] for key, events in cap.buffers.items()},
+                         waiters, leftovers)
 
 
-def seed(run: RunState, data: dict[str, Any], codec: Codec) -> None:
-    """Fill a new run from a snapshot (or from a finished run's context): state always; buffers, waiters
-    and leftovers make it continue where the snapshot stopped instead of starting from its StartEvent."""
-    if not data:
+def seed(run: RunState, img: SnapshotImage, codec: Codec) -> None:
+    """Fill a new run from an image (a Context before its first run): its state always; its buffers, waiters
+    and leftovers when it continues a run still going (``resumes``)."""
+    if img.state is not None:
+        run.store = copy.deepcopy(img.state)
+    if not img.resumes:
         return
-    types = _Types(run.wspec.event_types())
-    resume = data.get("status") == RunStatus.CANCELLED.value  # else: a new run that keeps the state
+    run.resumes = True
+    pack = codec.pack
 
-    def event(obj: dict[str, Any]) -> Any:
-        if "error" in obj:
-            if obj["error"] == "WorkflowTimeoutError":
-                return WorkflowTimeoutError(obj["message"])
-            return WorkflowRuntimeError(obj["message"])
-        model: Any = types.resolve(obj["type"])
-        return model.model_validate(obj["data"])
+    def answers(resumed: list[tuple[str, Any]]) -> tuple[tuple[str, Packed], ...]:
+        return tuple((wid, pack(answer)) for wid, answer in resumed)
 
-    def packed(obj: dict[str, Any]) -> Packed:
-        return codec.pack(event(obj))
-
-    state_type = run.wspec.state_type
-    try:
-        run.store = state_type.model_validate(data["state"]) if state_type else dict(data["state"])
-    except Exception as exc:
-        raise WorkflowRuntimeError(f"the snapshot's state does not fit {run.wspec.name}: {exc}") from exc
-    if not resume:
-        return
-    for key, events in data.get("buffers", {}).items():
-        run.buffers.restore(key, [event(e) for e in events])
-    for w in data.get("waiters", []):
-        waiter = Waiter(w["step"], packed(w["input"]), w["lineage"],
-                        tuple((wid, packed(a)) for wid, a in w["resumed"]), w["waiter_id"],
-                        types.resolve(w["event_type"]), w["requirements"], w.get("timeout"),
-                        waiter_event=packed(w["waiter_event"]) if w.get("waiter_event") else None)
+    for key, events in img.buffers.items():
+        run.buffers.restore(key, list(events))
+    for w in img.waiters:
+        if w.step not in run.wspec.steps:
+            raise ValueError(f"the snapshot waits in step '{w.step}', which {run.wspec.name} lacks")
+        waiter = Waiter(w.step, pack(w.input), w.lineage, answers(w.resumed), w.waiter_id, w.event_type,
+                        dict(w.requirements), w.timeout,
+                        waiter_event=None if w.waiter_event is None else pack(w.waiter_event))
         run.waiters.setdefault(waiter.event_type, {})[(waiter.lineage, waiter.waiter_id)] = waiter
-    for item in data.get("leftovers", []):
-        if item["kind"] == "invoke":
-            resumed = tuple((wid, packed(a)) for wid, a in item["resumed"])
-            run.leftovers.append(("invoke", item["step"],
-                                  StepInput(packed(item["input"]), item["lineage"], resumed)))
+    for item in img.leftovers:
+        if item.step is not None and item.step not in run.wspec.steps:
+            raise ValueError(f"the snapshot has work for step '{item.step}', which {run.wspec.name} lacks")
+        if item.kind == "invoke":
+            run.leftovers.append(("invoke", item.step, StepInput(pack(item.event), item.lineage,
+                                                                  answers(item.resumed))))
         else:
-            run.leftovers.append(("route", item["step"], packed(item["event"])))
-    for name in {w.step for ws in run.waiters.values() for w in ws.values()}:
-        if name not in run.wspec.steps:
-            raise WorkflowRuntimeError(f"the snapshot waits in step '{name}', which {run.wspec.name} lacks")
+            run.leftovers.append(("route", item.step, pack(item.event)))
 
 
 def carry(run: RunState, previous: RunState) -> None:
-    """Like ``seed``, from an ended run of this process, without the JSON round trip: the state keeps its
-    Python types (a reused ``Context``)."""
+    """Like ``seed``, from an ended run of this process, without a round trip through objects: the state keeps
+    its Python types (a reused ``Context``)."""
     run.store = copy.deepcopy(previous.store)
     if previous.status is not RunStatus.CANCELLED:
         return
+    run.resumes = True
     for key, buffer in previous.buffers.items():
         run.buffers.restore(key, buffer.events())
     for event_type, waiters in previous.waiters.items():

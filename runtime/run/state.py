@@ -11,9 +11,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel
-
 from actors import Event, WorkflowRuntimeError
+from actors.context.state_store import DictState, cleared, get_path, replace_state, set_path
 from actors.host import MISSING, Packed
 
 from runtime.run.collect import CollectBuffers
@@ -60,13 +59,28 @@ _LEGAL: dict[RunStatus, set[RunStatus]] = {
 Resumed = tuple[tuple[str, Packed], ...]
 
 
+Recoveries = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class StepInput:
-    """An event waiting for a slot of ``step``; ``lineage``/``resumed`` carry a waiting step's answers."""
+    """An event waiting for a slot of ``step``; ``lineage``/``resumed`` carry a waiting step's answers;
+    ``recoveries`` how often each ``@catch_error`` handler already recovered along this chain of events."""
 
     event: Packed
     lineage: int = 0
     resumed: Resumed = ()
+    recoveries: Recoveries = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """What a retried invocation knows of its earlier attempts (for ``ctx.retry_info()`` and the failure)."""
+
+    attempt: int = 1
+    first_try: float = 0.0  # time.monotonic() of the first attempt
+    last_error: Packed | None = None
+    last_failed_at: float | None = None  # time.time() of the last failure
 
 
 @dataclass(eq=False, slots=True)
@@ -85,6 +99,9 @@ class Invocation:
     lineage: int = 0
     resumed: Resumed = ()
     crashes: int = 0  # crashed workers it was on along with other invocations (see on_death)
+    recoveries: Recoveries = ()
+    last_error: Packed | None = None  # the previous attempt's error, for ctx.retry_info()
+    last_failed_at: float | None = None
     # Set once anything it did reached the run (an event routed, a stream item, a store write, a collect):
     # from then on it must never be run again from its start, or those effects would happen twice.
     visible: bool = False
@@ -92,6 +109,13 @@ class Invocation:
     @property
     def root(self) -> int:
         return self.lineage or self.inv
+
+    def again(self) -> StepInput:
+        """This invocation's input, to run it again."""
+        return StepInput(self.event, self.lineage, self.resumed, self.recoveries)
+
+    def retry_state(self) -> RetryState:
+        return RetryState(self.attempt, self.first_try, self.last_error, self.last_failed_at)
 
 
 @dataclass(eq=False, slots=True)
@@ -121,8 +145,7 @@ class PendingRetry:
     timer: asyncio.TimerHandle
     step: str
     item: StepInput
-    attempt: int
-    first_try: float
+    retry: RetryState
 
 
 @dataclass(eq=False, slots=True)
@@ -135,12 +158,12 @@ class RunState:
     wspec: WorkflowSpec
     wf_key: int
     adapter: ProcessRunAdapter
-    start_event: Packed
+    start_event: Packed | None  # None for a run continuing a snapshot (it does not start over)
     # The workflow's definition travels with every run, so a worker can always be given it: no run can
     # reach a worker before its definition does, whatever order racing first runs arrive in.
     definition: Packed
     status: RunStatus = RunStatus.PENDING
-    store: Any = field(default_factory=dict)  # a dict, or the workflow's Context[State] model
+    store: Any = field(default_factory=DictState)  # a DictState, or the workflow's Context[State] model
     buffers: CollectBuffers = field(default_factory=CollectBuffers)
     retries: dict[int, PendingRetry] = field(default_factory=dict)
     previous: RunState | None = None  # the ended run a reused Context continues from (see carry)
@@ -155,6 +178,8 @@ class RunState:
     # What a resumed run starts from instead of its StartEvent, and what a cancelled run leaves behind:
     # ("route", step or None, event) and ("invoke", step, StepInput) entries.
     leftovers: list[tuple[str, str | None, Any]] = field(default_factory=list)
+    resumes: bool = False  # started from a snapshot of a run still going: no StartEvent, leftovers instead
+    idle: bool = False  # WorkflowIdleEvent published, and no work since (see report.maybe_idle)
 
     def transition(self, to: RunStatus) -> None:
         if to not in _LEGAL[self.status]:
@@ -164,9 +189,9 @@ class RunState:
     # --- the state: requests from steps (``holder`` is the invocation id) or the caller ("caller") ---------
     def state_op(self, op: str, args: tuple[Any, ...], holder: object) -> Any:
         if op == "get":
-            return store_get(self.store, *args)
+            return get_path(self.store, *args)
         if op == "set":
-            store_set(self.store, *args)
+            set_path(self.store, *args)
             return None
         if op == "collect":
             buffer_id, event, expected = args
@@ -174,23 +199,19 @@ class RunState:
         if op == "get_state":
             return self.store
         if op == "set_state":
-            self._set_state(args[0])
+            self.store = replace_state(self.store, args[0], self.wspec.state_type)
+            return None
+        if op == "clear":
+            self.store = cleared(self.store)
             return None
         if op == "unlock_state":
             if self.state_holder != holder:
                 raise WorkflowRuntimeError("edit_state(): the state lock is not held")
             if args[0] is not MISSING:
-                self._set_state(args[0])
+                self.store = replace_state(self.store, args[0], self.wspec.state_type)
             self._unlock_state()
             return None
         raise WorkflowRuntimeError(f"unknown state operation {op!r}")
-
-    def _set_state(self, state: Any) -> None:
-        expected = self.wspec.state_type or dict
-        if not isinstance(state, expected):
-            raise WorkflowRuntimeError(
-                f"the state of {self.wspec.name} is a {expected.__name__}, not {type(state).__name__}")
-        self.store = state
 
     def lock_state(self, holder: object, grant: Callable[[Any], bool]) -> None:
         """Grant the run's state lock to ``holder`` now or when it is free (FIFO). ``grant`` returns
@@ -214,44 +235,3 @@ class RunState:
             if grant(self.store):
                 return
         self.state_holder = None
-
-
-def store_get(store: dict[str, Any], key: str, default: Any = MISSING) -> Any:
-    """``store[key]`` where a dotted key walks nested dicts and attributes."""
-    node: Any = store
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif not isinstance(node, dict) and hasattr(node, part):
-            node = getattr(node, part)
-        elif default is MISSING:
-            raise KeyError(f"the store has no key {key!r}")
-        else:
-            return default
-    return node
-
-
-def store_set(store: dict[str, Any], key: str, value: Any) -> None:
-    """``store[key] = value``; a dotted key creates the dicts it walks through."""
-    *path, last = key.split(".")
-    node: Any = store
-    for part in path:
-        nxt = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
-        if nxt is None:
-            nxt = {}
-            if isinstance(node, dict):
-                node[part] = nxt
-            else:
-                setattr(node, part, nxt)
-        node = nxt
-    if isinstance(node, dict):
-        node[last] = value
-        return
-    try:
-        if isinstance(node, BaseModel) and last in type(node).model_fields:
-            # Validated like the model's own fields, so a typed state cannot take a wrong value.
-            node.__pydantic_validator__.validate_assignment(node, last, value)
-        else:
-            setattr(node, last, value)
-    except Exception as exc:
-        raise WorkflowRuntimeError(f"cannot set store key {key!r} to {value!r}: {exc}") from exc

@@ -1,7 +1,9 @@
 """Failures: a step that raised, a worker that died, a step that will not stop, and retries.
 
     Failed(inv, error)         -> retry_or_fail: the step's retry policy gives a delay (a PendingRetry on the
-                                  run, holding the step's slot) or the run fails with the step's error
+                                  run, holding the step's slot), or, once it gives up, the step's
+                                  @catch_error handler gets a StepFailedEvent, or the run fails with the
+                                  step's error
     worker death (sentinel)    -> on_death: each invocation it held is run again only if nothing it did is
                                   visible yet; otherwise its run fails with WorkerCrashedError
     stop_invocations(run)      -> unplaced ones are dropped, async ones cancelled (CancelInvocations), and
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from actors import PayloadError, RemoteTraceback, WorkerCrashedError, WorkflowRuntimeError
-from actors.host import CancelInvocations, Failed, add_note_safely, safe_text, type_name
+from actors import PayloadError, RemoteTraceback, StepFailedEvent, WorkerCrashedError, WorkflowRuntimeError
+from actors.host import CancelInvocations, Failed, Packed, add_note_safely, safe_text, type_name
 
-from runtime.run.state import PendingRetry, RunStatus, StepInput
+from runtime.run.state import PendingRetry, RetryState, RunStatus, StepInput
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
@@ -72,22 +75,57 @@ class Failures:
         return exc
 
     def retry_or_fail(self, inv: Invocation, exc: BaseException) -> None:
+        """The invocation failed (raised, or its worker died): its step's retry policy decides whether it runs
+        again. ``policy.next(elapsed, attempts, error)`` gets the failures so far, from 1 (LlamaIndex's
+        counting: ``stop_after_attempt(3)`` means three executions). Once the policy gives up, a
+        ``@catch_error`` handler covering the step gets a ``StepFailedEvent``, else the run fails."""
         run, policy = inv.run, inv.run.wspec.steps[inv.step].retry_policy
         delay = None
+        elapsed = time.monotonic() - inv.first_try
         if policy is not None and isinstance(exc, Exception):
             try:
-                delay = policy.next(time.monotonic() - inv.first_try, inv.attempt - 1, exc)
+                delay = policy.next(elapsed, inv.attempt, exc)
             except Exception as err:  # noqa: BLE001 -- the user's policy raising ends the run, named
                 exc = WorkflowRuntimeError(f"step '{inv.step}': its retry policy raised {err!r}")
         if delay is None:
-            self.sup.fail(run, exc, inv.step)
+            if not self.recover(inv, exc, elapsed):
+                self.sup.fail(run, exc, inv.step, inv.attempt, elapsed)
             return
         log.info("procflow: retrying step '%s' of run %s in %.3g s (attempt %d failed: %s)",
                  inv.step, run.run_id, delay, inv.attempt, safe_text(exc))
         run.active[inv.step] += 1  # the retry holds the step's slot while it waits
         timer = self.sup.loop.call_later(max(0.0, float(delay)), self._retry, run, inv.inv)
-        run.retries[inv.inv] = PendingRetry(timer, inv.step, StepInput(inv.event, inv.lineage, inv.resumed),
-                                            inv.attempt + 1, inv.first_try)
+        try:
+            last_error: Packed | None = self.sup.codec.pack(exc)
+        except PayloadError:
+            last_error = None
+        run.retries[inv.inv] = PendingRetry(timer, inv.step, inv.again(),
+                                            RetryState(inv.attempt + 1, inv.first_try, last_error, time.time()))
+
+    def recover(self, inv: Invocation, exc: BaseException, elapsed: float) -> bool:
+        """Hand the failure to the ``@catch_error`` handler covering the step, as a ``StepFailedEvent``; False
+        when there is none, the failed step is a handler itself, or the handler's recovery budget along this
+        chain of events is spent (the run then fails with the step's error)."""
+        run = inv.run
+        handler = run.wspec.handler_for.get(inv.step)
+        if handler is None or not isinstance(exc, Exception):
+            return False
+        used = dict(inv.recoveries).get(handler, 0)
+        if used >= run.wspec.steps[handler].max_recoveries:
+            return False
+        try:
+            failed = StepFailedEvent(
+                step_name=inv.step, input_event=self.sup.codec.unpack(inv.event), exception=exc,
+                attempts=inv.attempt, elapsed_seconds=elapsed, failed_at=datetime.now(timezone.utc))
+            packed = self.sup.codec.pack(failed)
+        except Exception as err:  # noqa: BLE001 -- the run fails with the step's error, the reason logged
+            log.warning("procflow: step '%s' of run %s failed and its @catch_error handler '%s' cannot be "
+                        "given the failure: %s", inv.step, run.run_id, handler, safe_text(err))
+            return False
+        recoveries = tuple((name, n) for name, n in inv.recoveries if name != handler) + ((handler, used + 1),)
+        self.sup.scheduler.enqueue(run, handler, StepInput(packed, recoveries=recoveries))
+        self.sup.scheduler.schedule()
+        return True
 
     def _retry(self, run: RunState, key: int) -> None:
         retry = run.retries.pop(key, None)
@@ -95,7 +133,7 @@ class Failures:
             return
         run.active[retry.step] -= 1
         if run.status.accepts_work:
-            self.sup.scheduler.enqueue(run, retry.step, retry.item, retry.attempt, retry.first_try)
+            self.sup.scheduler.enqueue(run, retry.step, retry.item, retry.retry)
             self.sup.scheduler.schedule()
 
     @staticmethod
@@ -118,18 +156,18 @@ class Failures:
             run = inv.run
             if not run.status.accepts_work:
                 continue
-            again = StepInput(inv.event, inv.lineage, inv.resumed)
+            again = inv.again()
             if inv.visible:
                 pass  # what it did is out: running it again would do it twice (see the docstring)
             elif expected:
                 # Killed though it was not its run's doing, before anything it did was seen: running it
                 # again elsewhere gives the outcome it would have had.
-                sup.scheduler.enqueue(run, inv.step, again, inv.attempt, inv.first_try, inv.crashes)
+                sup.scheduler.enqueue(run, inv.step, again, inv.retry_state(), inv.crashes)
                 continue
             elif len(invs) > 1 and inv.crashes == 0:
                 # Several invocations shared the worker and any one of them may have crashed it: each is
                 # run again once elsewhere; one that is on a crashed worker a second time is the culprit.
-                sup.scheduler.enqueue(run, inv.step, again, inv.attempt, inv.first_try, crashes=1)
+                sup.scheduler.enqueue(run, inv.step, again, inv.retry_state(), crashes=1)
                 continue
             report.step_changed(run, inv, "failed")
             err = WorkerCrashedError(
@@ -140,7 +178,8 @@ class Failures:
                    "not run it again" if inv.visible else ""),
                 step=inv.step, pid=worker.pid, exitcode=worker.exitcode)
             if inv.visible and run.wspec.steps[inv.step].retry_policy is None:
-                sup.fail(run, err, inv.step)
+                if not self.recover(inv, err, time.monotonic() - inv.first_try):
+                    sup.fail(run, err, inv.step, inv.attempt, time.monotonic() - inv.first_try)
             else:
                 # Nothing of it is out, or its author gave it a retry policy: a crash is then a failure
                 # like a raise, and the policy decides (what it did stays done, as after a raise).

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from actors import Event, PayloadError, StopEvent, WorkflowRuntimeError
+from actors import Event, InputRequiredEvent, PayloadError, StopEvent, WorkflowRuntimeError
 from actors.host import Cancelled, Done, Emit, Failed, Packed, Publish, Reply, Request, Suspended
 
-from runtime.run.state import RunStatus, StepInput
+from runtime.run.state import RunStatus
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class WorkerMessages:
         }
 
     def on_message(self, worker: Worker, msg: object) -> None:
+        about = self.sup.invocations.get(getattr(msg, "inv", -1))
         try:
             handler = self._handlers[type(msg)]
             handler(worker, msg)
@@ -54,6 +55,8 @@ class WorkerMessages:
                     f"procflow could not handle {type(msg).__name__} from step '{inv.step}' "
                     f"(worker pid {worker.pid}): {type(exc).__name__}: {exc}"), inv.step)
         self.sup.scheduler.schedule()
+        if about is not None:
+            report.maybe_idle(about.run)
 
     def _live(self, inv_id: int) -> Invocation | None:
         inv = self.sup.invocations.get(inv_id)
@@ -85,15 +88,16 @@ class WorkerMessages:
         if inv is None:
             return
         run = inv.run
+        output = msg.result.type_name if msg.result is not None else None
         if run.status is RunStatus.CANCELLING:
             # A step finishing during a graceful cancel: keep its output for a resumed run.
-            report.step_changed(run, inv, "done")
+            report.step_changed(run, inv, "done", output)
             if msg.result is not None:
                 run.leftovers.append(("route", None, msg.result))
         self.sup.scheduler.release(inv)
         if not run.status.accepts_work:
             return
-        report.step_changed(run, inv, "done")
+        report.step_changed(run, inv, "done", output)
         if msg.result is None:
             return
         found = self.classify(run, msg.result, inv.step, "returned")
@@ -104,7 +108,11 @@ class WorkerMessages:
             stop: StopEvent | None = event or self.decode(run, msg.result, inv.step, "returned")  # type: ignore[assignment]
             if stop is not None:
                 self.sup.finish(run, RunStatus.COMPLETED, stop, None)
-        elif not self.sup.router.route(run, cls, msg.result, None, event):
+            return
+        asks = issubclass(cls, InputRequiredEvent)
+        if asks:  # a returned InputRequiredEvent goes to the stream by itself: the caller answers it
+            run.adapter.events.put_packed(msg.result)
+        if not self.sup.router.route(run, cls, msg.result, None, event, inv.recoveries) and not asks:
             self.sup.fail(run, WorkflowRuntimeError(
                 f"step '{inv.step}' returned {cls.__name__}, which no step accepts"), inv.step)
 
@@ -113,7 +121,7 @@ class WorkerMessages:
         if inv is None:
             return
         if inv.run.status is RunStatus.CANCELLING:  # it did not run to the end: run it again on resume
-            inv.run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+            inv.run.leftovers.append(("invoke", inv.step, inv.again()))
             report.step_changed(inv.run, inv, "cancelled")
         self.sup.scheduler.release(inv)
 
@@ -142,7 +150,8 @@ class WorkerMessages:
         inv.visible = True
         run = inv.run
         found = self.classify(run, msg.event, inv.step, "sent")
-        if found is not None and not self.sup.router.route(run, found[0], msg.event, msg.step, found[1]):
+        if found is not None and not self.sup.router.route(run, found[0], msg.event, msg.step, found[1],
+                                                           inv.recoveries):
             self.sup.fail(run, WorkflowRuntimeError(
                 f"step '{inv.step}' sent {found[0].__name__}, which no step accepts"), inv.step)
 

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from actors import StepQueueChanged, StepStateChanged
+from actors import StepQueueChanged, StepState, StepStateChanged
+from actors.events import WorkflowIdleEvent
 
 if TYPE_CHECKING:
     from runtime.run.state import Invocation, RunState
@@ -46,12 +47,20 @@ class _Printer:
 _printer = _Printer()
 
 
-def step_changed(run: RunState, inv: Invocation, state: str) -> None:
+_STEP_STATES = {"pending": StepState.PREPARING, "running": StepState.RUNNING}
+
+
+def step_changed(run: RunState, inv: Invocation, state: str, output: str | None = None) -> None:
+    """An invocation waits for a worker ("pending": ``StepState.PREPARING``), started ("running":
+    ``StepState.RUNNING``) or ended ("done", "failed", "waiting", "cancelled": ``StepState.NOT_RUNNING``);
+    ``output`` names the event a finished one returned."""
     pid = inv.worker.pid if inv.worker is not None else None
     # model_construct: built from trusted values on the hot path, so validation is skipped.
     run.adapter.events.put(StepStateChanged.model_construct(
-        step=inv.step, state=state, worker_pid=pid, input_event=inv.event.type_name, invocation=inv.inv,
-        t=time.monotonic()))
+        name=inv.step, step_state=_STEP_STATES.get(state, StepState.NOT_RUNNING),
+        worker_id=str(pid) if pid is not None else "", input_event_name=inv.event.type_name,
+        output_event_name=output, state=state, worker_pid=pid, invocation=inv.inv, step=inv.step,
+        input_event=inv.event.type_name, t=time.monotonic()))
     if run.workflow.verbose and state != "pending":
         _printer.print(f"[{run.wspec.name} {run.run_id[:8]}] {inv.step} {state} "
                        f"(worker {pid}, input {inv.event.type_name})")
@@ -60,3 +69,14 @@ def step_changed(run: RunState, inv: Invocation, state: str) -> None:
 def queue_changed(run: RunState, step: str) -> None:
     run.adapter.events.put(StepQueueChanged.model_construct(
         step=step, queued=len(run.queued[step]), active=run.active[step]))
+
+
+def maybe_idle(run: RunState) -> None:
+    """Publish ``WorkflowIdleEvent`` when the run has just become idle: running, nothing in progress, queued
+    or retrying, and at least one step waiting in ``wait_for_event`` (only an event from outside can move it)."""
+    if run.idle or not run.status.accepts_work or not run.waiters or run.invs or run.retries:
+        return
+    if any(run.queued.values()) or not any(run.waiters.values()):
+        return
+    run.idle = True
+    run.adapter.events.put(WorkflowIdleEvent())

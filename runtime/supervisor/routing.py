@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from actors import Event, WorkflowRuntimeError, WorkflowTimeoutError
 from actors.host import Packed, Suspended
 
-from runtime.run.state import StepInput, Waiter
+from runtime.run.state import Recoveries, StepInput, Waiter
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
@@ -27,15 +27,16 @@ class Router:
         self.sup = sup
 
     def route(self, run: RunState, cls: type, packed: Packed, step: str | None,
-              event: Event | None = None) -> bool:
-        """Answer the waiters the event matches, and queue it for ``step`` or every step accepting its
-        exact type ``cls``; False if nothing took it."""
+              event: Event | None = None, recoveries: Recoveries = ()) -> bool:
+        """Answer the waiters the event matches, and queue it for ``step`` or every step accepting its type
+        ``cls`` (exactly, or as a subclass for steps that asked); False if nothing took it. ``recoveries``
+        (the producer's) go on with the event."""
         answered = False
         if step is None and run.waiters.get(cls):
             answered = self._answer_waiters(run, event or self.sup.codec.unpack(packed), packed)
-        steps = (step,) if step is not None else run.wspec.consumers.get(cls, ())
+        steps = (step,) if step is not None else run.wspec.consumers_of(cls)
         for name in steps:
-            self.sup.scheduler.enqueue(run, name, StepInput(packed))
+            self.sup.scheduler.enqueue(run, name, StepInput(packed, recoveries=recoveries))
         return bool(steps) or answered
 
     def _answer_waiters(self, run: RunState, event: Event, packed: Packed) -> bool:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from actors.host import Invoke, LoadWorkflow
 
-from runtime.run.state import Invocation, RunStatus, StepInput
+from runtime.run.state import Invocation, RetryState, RunStatus, StepInput
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
@@ -32,33 +32,38 @@ class Scheduler:
         self.sup = sup
         self.pending: deque[Invocation] = deque()
         self.waiting_sync = 0  # unplaced, unfinished def invocations in ``pending``
+        self._fresh: list[Invocation] = []  # enqueued since the last pass (see schedule)
         self._ids = itertools.count(1)
 
     def skip_ids_past(self, used: int) -> None:
         """Restored lineage ids must not collide with new invocation ids."""
         self._ids = itertools.count(max(next(self._ids), used + 1))
 
-    def enqueue(self, run: RunState, step: str, item: StepInput, attempt: int = 1,
-                first_try: float | None = None, crashes: int = 0) -> None:
+    def enqueue(self, run: RunState, step: str, item: StepInput, retry: RetryState | None = None,
+                crashes: int = 0) -> None:
         spec = run.wspec.steps[step]
+        run.idle = False
         if run.active[step] >= spec.num_workers:
             run.queued[step].append(item)
             report.queue_changed(run, step)
             return
         run.active[step] += 1
-        inv = Invocation(next(self._ids), run, step, item.event, spec.is_async, attempt,
-                         first_try=first_try if first_try is not None else time.monotonic(),
-                         lineage=item.lineage, resumed=item.resumed, crashes=crashes)
+        retry = retry or RetryState(first_try=time.monotonic())
+        inv = Invocation(next(self._ids), run, step, item.event, spec.is_async, retry.attempt,
+                         first_try=retry.first_try, lineage=item.lineage, resumed=item.resumed, crashes=crashes,
+                         recoveries=item.recoveries, last_error=retry.last_error,
+                         last_failed_at=retry.last_failed_at)
         run.invs[inv.inv] = inv
         self.sup.invocations[inv.inv] = inv
         self.pending.append(inv)
+        self._fresh.append(inv)
         if not inv.is_async:
             self.waiting_sync += 1
-        report.step_changed(run, inv, "pending")  # waits for a worker: a live view counts it
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
         if not self.pending:
+            self._fresh.clear()
             return
         pool = self.sup.pool
         plan = pool.placement(self.waiting_sync)
@@ -76,6 +81,13 @@ class Scheduler:
             plan.held.discard(worker)
             self.dispatch(inv, worker)
         self.pending.extendleft(reversed(skipped))
+        # What this pass could not place of what came since the last one waits for a worker: say so once
+        # (StepState.PREPARING). One placed at once goes straight to "running", as LlamaIndex skips
+        # PREPARING when there is capacity. Only the newcomers are looked at: a pass stays O(placed).
+        fresh, self._fresh = self._fresh, []
+        for inv in fresh:
+            if inv.worker is None and not inv.finished:
+                report.step_changed(inv.run, inv, "pending")
 
     def dispatch(self, inv: Invocation, worker: Worker) -> None:
         run = inv.run
@@ -88,7 +100,9 @@ class Scheduler:
         else:
             self.waiting_sync -= 1
             worker.sync_inv = inv
-        worker.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event, inv.lineage, inv.resumed))
+        first_try_wall = time.time() - (time.monotonic() - inv.first_try)
+        worker.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event, inv.lineage, inv.resumed,
+                           inv.attempt, first_try_wall, inv.last_error, inv.last_failed_at))
         report.step_changed(run, inv, "running")
 
     def release(self, inv: Invocation) -> None:

@@ -32,7 +32,7 @@ from actors import (
 from actors.host import DropWorkflow, Packed, safe_text, type_name
 
 from runtime.pool import Launcher, Pool, RestartBudget
-from runtime.run.snapshot import carry
+from runtime.run.snapshot import RunCapture, capture, carry
 from runtime.run.state import RunState, RunStatus, StepInput
 from runtime.supervisor.door import Door
 from runtime.supervisor.failures import Failures
@@ -44,6 +44,12 @@ from runtime.workers.process.launcher import ProcessLauncher
 
 if TYPE_CHECKING:
     from runtime.run.state import Invocation
+
+
+def type_of_start(run: RunState) -> type:
+    start = run.wspec.start_event_type
+    assert start is not None, "a run starts only for a workflow whose start event class is known"
+    return start
 
 log = logging.getLogger("procflow")
 T = TypeVar("T")
@@ -146,6 +152,10 @@ class Supervisor:
         if self.state is not SupervisorState.RUNNING:
             self._resolve(run, None, RuntimeBrokenError(self.broken_message()))
             return
+        if run.run_id in self.runs:  # run(run_id=...) naming a run still going
+            self._resolve(run, None, WorkflowRuntimeError(
+                f"a run with id {run.run_id!r} is still going on this runtime; give each run its own run_id"))
+            return
         if run.previous is not None:  # a reused Context: its ended run is read here, where it lives
             try:
                 carry(run, run.previous)
@@ -166,10 +176,10 @@ class Supervisor:
         run.transition(RunStatus.RUNNING)
         if run.workflow.timeout is not None:
             run.timer = self.loop.call_later(run.workflow.timeout, self._timed_out, run)
-        if run.leftovers or run.waiters:
+        if run.resumes or run.leftovers or run.waiters or run.start_event is None:
             self._resume(run)
         else:
-            for step in run.wspec.consumers.get(run.wspec.start_event_type, ()):  # type: ignore[arg-type]
+            for step in run.wspec.consumers_of(type_of_start(run)):
                 self.scheduler.enqueue(run, step, StepInput(run.start_event))
         self.scheduler.schedule()
 
@@ -196,15 +206,21 @@ class Supervisor:
     # --- ending runs -----------------------------------------------------------------------------------
     def _timed_out(self, run: RunState) -> None:
         timeout = run.workflow.timeout
-        busy = sorted({inv.step for inv in run.invs.values()})
+        busy = self.running_steps(run)
         msg = (f"run {run.run_id} of {run.wspec.name} timed out after {timeout} s"
                + (f"; steps still running: {', '.join(busy)}" if busy else ""))
-        self.finish(run, RunStatus.TIMED_OUT, WorkflowTimedOutEvent(result=msg, timeout=timeout or 0.0),
+        self.finish(run, RunStatus.TIMED_OUT,
+                    WorkflowTimedOutEvent(result=msg, timeout=timeout or 0.0, active_steps=busy),
                     WorkflowTimeoutError(msg))
 
-    def fail(self, run: RunState, exc: BaseException, step: str | None = None) -> None:
+    def fail(self, run: RunState, exc: BaseException, step: str | None = None, attempts: int | None = None,
+             elapsed: float | None = None) -> None:
+        """End ``run`` as failed with ``exc``; ``step`` failed after ``attempts`` attempts over ``elapsed``
+        seconds (None when the failure is not a step's)."""
         self.finish(run, RunStatus.FAILED,
-                    WorkflowFailedEvent(result=safe_text(exc), step=step, error_type=type_name(exc)), exc)
+                    WorkflowFailedEvent(result=safe_text(exc), step_name=step or "", exception=exc,
+                                        attempts=attempts, elapsed_seconds=elapsed,
+                                        error_type=type_name(exc)), exc)
 
     def end_cancelled(self, run: RunState, hard: bool = False) -> None:
         self.finish(run, RunStatus.CANCELLED, WorkflowCancelledEvent(result="cancelled", hard=hard),
@@ -264,7 +280,7 @@ class Supervisor:
         run.queued.clear()
         for inv in run.invs.values():
             if inv.worker is None:
-                run.leftovers.append(("invoke", inv.step, StepInput(inv.event, inv.lineage, inv.resumed)))
+                run.leftovers.append(("invoke", inv.step, inv.again()))
 
     def on_broken(self, reason: str) -> None:
         self.state = SupervisorState.BROKEN
@@ -340,10 +356,14 @@ class Supervisor:
         self.end_cancelled(run, hard=True)
         return True
 
-    def snapshot(self, run: RunState) -> dict[str, Any]:
-        from runtime.run.snapshot import to_dict
+    def capture(self, run: RunState) -> RunCapture:
+        """The run as it is now, as pickled copies: a consistent snapshot, on this thread."""
+        return capture(run, self.codec)
 
-        return to_dict(run, self.codec)
+    @staticmethod
+    def running_steps(run: RunState) -> list[str]:
+        """The steps with an invocation in progress (placed on a worker or about to be); none once it ended."""
+        return [] if run.status.ended else sorted({inv.step for inv in run.invs.values()})
 
     # --- shutdown --------------------------------------------------------------------------------------
     def close(self, timeout: float) -> None:

@@ -67,8 +67,8 @@ class Answer(Event):
     text: str
 
 
-class Nudge(Event):
-    """Sent from outside the run (no step returns it)."""
+class Nudge(HumanResponseEvent):
+    """Sent from outside the run (no step returns it): a HumanResponseEvent, as validation asks."""
 
 
 class Loop(Workflow):

@@ -93,7 +93,7 @@ def test_the_graph_page_draws_every_step_event_and_edge_of_the_workflow(pages: d
     drawn = {t.attrs["data-id"]: t.attrs["class"].split()[1] for t in page.find("g", "node")}
     assert set(drawn) == {nid for nid, _, _ in nodes}
     kinds = {label: drawn[nid] for nid, label, kind in nodes if kind != "step"}
-    assert kinds == {"StartEvent": "start", "Thought": "event", "Answer": "event", "Nudge": "external",
+    assert kinds == {"StartEvent": "start", "Thought": "event", "Answer": "event", "Nudge": "input",
                      "StopEvent": "stop", "HumanResponseEvent": "input"}
     paths = {(t.attrs["data-from"], t.attrs["data-to"]): t.attrs["class"] for t in page.find("path", "edge")}
     assert set(paths) == set(edges)

@@ -16,8 +16,9 @@ Left out, because processes make them impossible (steps run in worker processes,
 
 - a step mutating ``self`` (the workflow instance) or a module global, and the caller or another step seeing it;
 - ``ctx.store.get`` returning the live stored object, so mutating it without ``set`` changes the state;
-- a ``Resource(..., cache=True)`` being the *same object* in every step (procflow can give equal values, which
-  is what ``test_compat_resources`` checks), and ``Workflow(resource_manager=...)`` holding live objects;
+- a ``Resource(..., cache=True)`` being one value for every step: procflow builds it once per worker process
+  (``test_compat_resources`` skips that test on procflow; ``tests/test_resources.py`` checks procflow's rule),
+  and ``Workflow(resource_manager=...)`` holding live objects;
 - events, results and stored values that cannot be pickled (locks, sockets, open files, generators);
 - exceptions raised by steps keeping their identity or their ``__traceback__`` frames.
 """
