@@ -15,14 +15,16 @@ here, with the caller's serializer; ``Context.from_dict`` turns JSON back into a
 
 Events are ``{"type": "module:Qual", "data": {...}}`` (``serializers.event_to_json``); their classes are found
 among the workflow's declared ones first, so classes from ``__main__`` or from inside a function resolve.
+The schema is ``SnapshotJson`` (pydantic models, versioned by ``VERSION``): ``from_dict`` validates against
+it, so a malformed or foreign dict is one ``ContextSerdeError`` naming what does not fit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
 from ..errors import ContextSerdeError
@@ -81,16 +83,88 @@ class SnapshotImage:
         return self.is_running
 
 
-def _answer_json(answer: Answer, serializer: BaseSerializer) -> Any:
+# --- the JSON schema, as pydantic models (versioned) ----------------------------------------------------
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventJson(_Schema):
+    """An event: its class (``module:Qual``) and its fields as JSON, or, when JSON cannot hold them, the
+    serializer's text of the whole event."""
+
+    type: str
+    data: dict[str, Any] | None = None
+    value: str | None = None
+
+
+class ErrorJson(_Schema):
+    """The exception that answered a wait (its timeout)."""
+
+    error: dict[str, Any]
+
+
+AnswerJson = Union[ErrorJson, EventJson]
+Resumed = list[tuple[str, AnswerJson]]
+
+
+class WaiterJson(_Schema):
+    step: str
+    waiter_id: str
+    lineage: int
+    event_type: str
+    requirements: dict[str, Any] = {}
+    timeout: float | None = None
+    input: EventJson
+    waiter_event: EventJson | None = None
+    resumed: Resumed = []
+
+
+class InvokeJson(_Schema):
+    kind: Literal["invoke"]
+    step: str
+    input: EventJson
+    lineage: int = 0
+    resumed: Resumed = []
+
+
+class RouteJson(_Schema):
+    kind: Literal["route"]
+    step: str | None = None
+    event: EventJson
+
+
+class SnapshotJson(_Schema):
+    """What ``Context.to_dict()`` returns (``model_dump()``) and ``Context.from_dict()`` accepts. A field
+    added later gets a default here and ``VERSION`` goes up; an older snapshot still validates."""
+
+    version: int = VERSION
+    workflow: str = ""
+    status: str = "completed"
+    is_running: bool | None = None  # None (version 1): a cancelled run continues, any other keeps its state
+    state: dict[str, Any]
+    buffers: dict[str, list[EventJson]] = {}
+    waiters: list[WaiterJson] = []
+    leftovers: list[Annotated[Union[InvokeJson, RouteJson], Field(discriminator="kind")]] = []
+
+
+def _event_json(event: Event, serializer: BaseSerializer) -> EventJson:
+    return EventJson.model_validate(event_to_json(event, serializer))
+
+
+def _answer_json(answer: Answer, serializer: BaseSerializer) -> AnswerJson:
     if isinstance(answer, BaseException):
-        return {"error": exception_to_json(answer)}
-    return event_to_json(answer, serializer)
+        return ErrorJson(error=exception_to_json(answer) or {})
+    return _event_json(answer, serializer)
 
 
-def _answer_from(obj: Any, serializer: BaseSerializer) -> Answer:
-    if "error" in obj:
-        return exception_from_json(obj["error"])
-    return event_from_json(obj, serializer)
+def _event(obj: EventJson, serializer: BaseSerializer) -> Event:
+    return event_from_json(obj.model_dump(exclude_none=True), serializer)
+
+
+def _answer(obj: AnswerJson, serializer: BaseSerializer) -> Answer:
+    if isinstance(obj, ErrorJson):
+        return exception_from_json(obj.error)
+    return _event(obj, serializer)
 
 
 def _name(cls: type) -> str:
@@ -105,28 +179,22 @@ def encode_snapshot(image: SnapshotImage, serializer: BaseSerializer | None = No
     state: dict[str, Any] = {}
     if include_state and image.state is not None:
         state = encode_state(image.state, serializer)
-    ev = lambda e: event_to_json(e, serializer)  # noqa: E731
-    return {
-        "version": VERSION, "workflow": image.workflow, "status": image.status, "is_running": image.is_running,
-        "state": state,
-        "buffers": {key: [ev(e) for e in events] for key, events in image.buffers.items() if events},
-        "waiters": [{
-            "step": w.step, "waiter_id": w.waiter_id, "lineage": w.lineage, "event_type": _name(w.event_type),
-            "requirements": to_jsonable_python(w.requirements), "timeout": w.timeout, "input": ev(w.input),
-            "waiter_event": None if w.waiter_event is None else ev(w.waiter_event),
-            "resumed": [[wid, _answer_json(a, serializer)] for wid, a in w.resumed],
-        } for w in image.waiters],
-        "leftovers": [
-            {"kind": "invoke", "step": item.step, "input": ev(item.event), "lineage": item.lineage,
-             "resumed": [[wid, _answer_json(a, serializer)] for wid, a in item.resumed]}
-            if item.kind == "invoke" else {"kind": "route", "step": item.step, "event": ev(item.event)}
-            for item in image.leftovers],
-    }
-
-
-def _check(cond: bool, what: str) -> None:
-    if not cond:
-        raise ValueError(what)
+    ev = lambda e: _event_json(e, serializer)  # noqa: E731
+    leftovers: list[InvokeJson | RouteJson] = [
+        InvokeJson(kind="invoke", step=item.step or "", input=ev(item.event), lineage=item.lineage,
+                   resumed=[(wid, _answer_json(a, serializer)) for wid, a in item.resumed])
+        if item.kind == "invoke" else RouteJson(kind="route", step=item.step, event=ev(item.event))
+        for item in image.leftovers]
+    snapshot = SnapshotJson(
+        workflow=image.workflow, status=image.status, is_running=image.is_running, state=state,
+        buffers={key: [ev(e) for e in events] for key, events in image.buffers.items() if events},
+        waiters=[WaiterJson(
+            step=w.step, waiter_id=w.waiter_id, lineage=w.lineage, event_type=_name(w.event_type),
+            requirements=to_jsonable_python(w.requirements), timeout=w.timeout, input=ev(w.input),
+            waiter_event=None if w.waiter_event is None else ev(w.waiter_event),
+            resumed=[(wid, _answer_json(a, serializer)) for wid, a in w.resumed]) for w in image.waiters],
+        leftovers=leftovers)
+    return snapshot.model_dump(mode="json", exclude_none=True)
 
 
 def decode_snapshot(data: Any, workflow: str, declared: set[type], state_type: type[BaseModel] | None,
@@ -138,46 +206,37 @@ def decode_snapshot(data: Any, workflow: str, declared: set[type], state_type: t
         raise ContextSerdeError(
             "Context.from_dict() takes what Context.to_dict() returned: a dict with at least a 'state' key")
     try:
-        _check(isinstance(data.get("is_running", False), bool), "'is_running' must be a bool")
-        _check(isinstance(data.get("status", ""), str), "'status' must be a string")
-        _check(isinstance(data.get("buffers", {}), dict), "'buffers' must be a dict")
-        _check(isinstance(data.get("waiters", []), list), "'waiters' must be a list")
-        _check(isinstance(data.get("leftovers", []), list), "'leftovers' must be a list")
-        status = data.get("status", "completed")
-        is_running = data["is_running"] if "is_running" in data else status == "cancelled"
-        state = decode_state(data["state"], state_type, serializer)
+        snap = SnapshotJson.model_validate(data)
+        if snap.version > VERSION:
+            raise ValueError(f"snapshot version {snap.version} is newer than this procflow reads ({VERSION})")
+        is_running = snap.is_running if snap.is_running is not None else snap.status == "cancelled"
+        state = decode_state(snap.state, state_type, serializer)
         with resolving(declared | ({state_type} if state_type else set())):
-            ev = lambda obj: event_from_json(obj, serializer)  # noqa: E731
-            buffers = {str(k): [ev(e) for e in v] for k, v in data.get("buffers", {}).items()}
+            ev = lambda obj: _event(obj, serializer)  # noqa: E731
+            buffers = {key: [ev(e) for e in events] for key, events in snap.buffers.items()}
             waiters = []
-            for w in data.get("waiters", []):
+            for w in snap.waiters:
                 try:
-                    waiter_event = ev(w["waiter_event"]) if w.get("waiter_event") else None
+                    waiter_event = ev(w.waiter_event) if w.waiter_event is not None else None
                 except ValueError:
                     # A prompt of a class that cannot be found (defined inside the step's body): the resumed
                     # run does not ask again, it waits for the answer all the same.
                     waiter_event = None
-                event_type = _event_class(w["event_type"], declared)
                 waiters.append(WaiterImage(
-                    w["step"], w["waiter_id"], int(w["lineage"]), event_type, dict(w.get("requirements") or {}),
-                    w.get("timeout"), ev(w["input"]), waiter_event,
-                    [(wid, _answer_from(a, serializer)) for wid, a in w.get("resumed", [])]))
-            leftovers = []
-            for item in data.get("leftovers", []):
-                if item["kind"] == "invoke":
-                    leftovers.append(LeftoverImage(
-                        "invoke", item["step"], ev(item["input"]), int(item.get("lineage", 0)),
-                        [(wid, _answer_from(a, serializer)) for wid, a in item.get("resumed", [])]))
-                elif item["kind"] == "route":
-                    leftovers.append(LeftoverImage("route", item.get("step"), ev(item["event"])))
-                else:
-                    raise ValueError(f"unknown leftover kind {item['kind']!r}")
+                    w.step, w.waiter_id, w.lineage, _event_class(w.event_type, declared), dict(w.requirements),
+                    w.timeout, ev(w.input), waiter_event,
+                    [(wid, _answer(a, serializer)) for wid, a in w.resumed]))
+            leftovers = [
+                LeftoverImage("invoke", item.step, ev(item.input), item.lineage,
+                              [(wid, _answer(a, serializer)) for wid, a in item.resumed])
+                if isinstance(item, InvokeJson) else LeftoverImage("route", item.step, ev(item.event))
+                for item in snap.leftovers]
     except ContextSerdeError:
         raise
     except Exception as exc:
         raise ContextSerdeError(f"Context.from_dict(): the snapshot does not fit {workflow}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-    return SnapshotImage(str(data.get("workflow", workflow)), status, is_running, state, buffers, waiters,
+    return SnapshotImage(snap.workflow or workflow, snap.status, is_running, state, buffers, waiters,
                          leftovers)
 
 
