@@ -16,7 +16,6 @@ import inspect
 import sys
 import types
 import typing
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, TypeVar, overload
 
@@ -79,7 +78,10 @@ class StepSpec:
 
 
 # Signatures read when the decorator ran (kept beside the functions, never shipped with them).
-_READ: weakref.WeakKeyDictionary[Callable[..., Any], StepSpec] = weakref.WeakKeyDictionary()
+# The spec read when the decorator ran is kept on the function itself (``fn.__dict__``), not in a weak
+# table keyed by the function: the spec refers to the function, so such a table would keep every step (and
+# the event classes its signature names) alive for ever.
+_READ_ATTR = "__procflow_step_spec__"
 
 
 def is_free_function(qualname: str) -> bool:
@@ -115,7 +117,7 @@ def _read_now(fn: Callable[..., Any], config: StepConfig, localns: dict[str, Any
     except Exception as exc:
         raise WorkflowValidationError(f"step '{fn.__name__}': cannot resolve its annotations ({exc})") from exc
     spec = read_step(fn.__name__, fn, config, localns)
-    _READ[fn] = spec
+    setattr(fn, _READ_ATTR, spec)
     return spec
 
 
@@ -231,7 +233,7 @@ def check_handler(spec: StepSpec) -> None:
 
 def spec_for(name: str, fn: Callable[..., Any], config: StepConfig, localns: dict[str, Any] | None) -> StepSpec:
     """The step's spec: read when it was decorated, else now."""
-    spec = _READ.get(fn)
+    spec = getattr(fn, _READ_ATTR, None)
     if spec is None or spec.name != name:
         spec = read_step(name, fn, config, localns)
         if spec.is_catch_error:

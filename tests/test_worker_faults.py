@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 from actors import (
-    Context, Event, StartEvent, StopEvent, WorkerCrashedError, Workflow, WorkflowRuntimeError, step,
+    Context, Event, HumanResponseEvent, StartEvent, StopEvent, WorkerCrashedError, Workflow, WorkflowRuntimeError, step,
 )
 from conftest import pid_gone, wait_until
 from runtime import ProcessRuntime
@@ -109,7 +109,7 @@ def test_blocking_store_calls_in_an_async_step_work_and_see_each_others_writes(r
     assert_worker_serves(rt1)
 
 
-class Go(Event):
+class Go(HumanResponseEvent):  # sent by the caller only: LlamaIndex validation wants a HumanResponseEvent
     pass
 
 

@@ -13,7 +13,7 @@ from regress_util import run_child
 
 # --- defect 3: blocking calls inside a done callback ----------------------------------------------------
 DONE_CALLBACK = """
-class Go(Event):
+class Go(HumanResponseEvent):  # sent by the caller only: LlamaIndex validation wants a HumanResponseEvent
     pass
 
 class Gated(Workflow):

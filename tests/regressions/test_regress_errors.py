@@ -136,7 +136,7 @@ def test_a_step_allocating_until_memory_error_fails_its_run_and_the_runtime_goes
 
 # --- defect 11: blocking calls racing shutdown() -------------------------------------------------------
 RACING_SHUTDOWN = """
-class Nudge(Event):
+class Nudge(HumanResponseEvent):  # sent by the caller only
     pass
 
 class Idle(Workflow):

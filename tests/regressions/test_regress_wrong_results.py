@@ -16,7 +16,8 @@ import pytest
 from regress_util import run_child
 
 from actors import (
-    ConstantDelayRetryPolicy, Context, Event, StartEvent, StepStateChanged, StopEvent, WorkerCrashedError,
+    ConstantDelayRetryPolicy, Context, Event, HumanResponseEvent, StartEvent, StepStateChanged, StopEvent,
+    WorkerCrashedError,
     Workflow, WorkflowError, step,
 )
 from runtime import ProcessRuntime
@@ -221,7 +222,7 @@ def test_threads_racing_the_first_runs_of_new_workflows_lose_no_run(mode: str) -
 
 
 # defect 12
-class Go(Event):
+class Go(HumanResponseEvent):  # sent by the caller only: LlamaIndex validation wants a HumanResponseEvent
     pass
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _child import emit, watchdog
 
-from actors import Context, Event, StartEvent, StopEvent, Workflow, step
+from actors import Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, step
 from runtime import ProcessRuntime
 
 watchdog(90)
@@ -38,7 +38,7 @@ DIR = Path(sys.argv[1])
 ROLES = ("same_group", "new_session", "deaf", "nap")
 
 
-class Go(Event):
+class Go(HumanResponseEvent):  # sent by the caller only: LlamaIndex validation wants a HumanResponseEvent
     role: str
     dir: str
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from _child import emit, leftovers_after, safe_repr, scaled, watchdog
 
-from actors import Context, Event, StartEvent, StopEvent, Workflow, WorkflowError, step
+from actors import Context, Event, HumanResponseEvent, StartEvent, StopEvent, Workflow, WorkflowError, step
 from runtime import ProcessRuntime
 
 watchdog(150)
@@ -43,7 +43,7 @@ class Opened(Event):
     seed: int
 
 
-class Ping(Event):
+class Ping(HumanResponseEvent):  # sent by the caller only: LlamaIndex validation wants a HumanResponseEvent
     n: int
 
 
