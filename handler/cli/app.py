@@ -187,7 +187,7 @@ def _pick_view(args: argparse.Namespace, stats: RunStats) -> View:
 def cmd_run(args: argparse.Namespace) -> int:
     kw = parse_kw(args.kw)
     cls, where = load_workflow_class(args.target)
-    wf, spec = make_workflow(cls, args.timeout, kw)
+    wf, spec, start = make_workflow(cls, args.timeout, kw)
     rt = ProcessRuntime(workers=args.workers)
     wf.runtime = rt
     stats = RunStats({name: StepCounts() for name in spec.steps}, workers=rt.workers, exact=True,
@@ -206,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             stats.started = time.monotonic()
             stats.cpu.sample(stats.started)
             try:
-                handler = wf.run(**kw)
+                handler = wf.run(start_event=start)
             except WorkflowError as err:  # e.g. the workflow object cannot be pickled to the workers
                 raise UsageError(f"cannot start {cls.__qualname__}: {err}") from err
             title += f" · run {handler.run_id[:8]} · {rt.workers} worker{'s' if rt.workers != 1 else ''}"

@@ -30,9 +30,11 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from actors import Workflow, WorkflowError, WorkflowValidationError
+from actors import StartEvent, Workflow, WorkflowError, WorkflowValidationError
 from actors.errors import WorkflowConfigurationError
 from actors.host import WorkflowSpec, spec_of, validate, validated_spec
+
+from ..launch import start_event_for
 
 OWN_PACKAGES = ("actors", "runtime", "handler")
 
@@ -218,7 +220,7 @@ def checked_spec(cls: type[Workflow]) -> WorkflowSpec:
 
 
 def make_workflow(cls: type[Workflow], timeout: float | None | Literal[False], kw: dict[str, Any]
-                  ) -> tuple[Workflow, WorkflowSpec]:
+                  ) -> tuple[Workflow, WorkflowSpec, StartEvent]:
     """Instantiate and check everything that can be checked before a process starts: the graph, and
     that the start event accepts ``kw``."""
     try:
@@ -236,10 +238,9 @@ def make_workflow(cls: type[Workflow], timeout: float | None | Literal[False], k
         spec = validated_spec(wf)
     except INVALID as exc:
         raise invalid(cls, exc) from exc
-    start = spec.start_event_type
-    if start is not None:
-        try:
-            start(**kw)
-        except Exception as exc:
-            raise UsageError(f"bad --kw for {start.__name__}: {one_line_error(exc)}") from exc
-    return wf, spec
+    try:  # built by the one builder every run goes through (handler.launch)
+        start = start_event_for(spec, None, kw)
+    except Exception as exc:
+        name = (spec.start_event_type or StartEvent).__name__
+        raise UsageError(f"bad --kw for {name}: {one_line_error(exc.__cause__ or exc)}") from exc
+    return wf, spec, start
