@@ -9,6 +9,7 @@ from .events import (
     Event, HumanResponseEvent, InputRequiredEvent, InternalDispatchEvent, StartEvent, StepQueueChanged,
     StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent, WorkflowTimedOutEvent,
 )
+from .placement import ResourceRequest
 from .retry_policy import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
 from .decorators import step
 from .workflow import Workflow
@@ -23,6 +24,7 @@ __all__ = [
     "InternalDispatchEvent",
     "PayloadError",
     "RemoteTraceback",
+    "ResourceRequest",
     "RetryPolicy",
     "RuntimeBrokenError",
     "StartEvent",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from .errors import WorkflowValidationError
 from .events import Event
+from .placement import ResourceRequest
 
 if TYPE_CHECKING:
     from .workflow import Workflow
@@ -32,6 +33,7 @@ class StepConfig:
     num_workers: int
     retry_policy: Any
     free_function: bool
+    placement: ResourceRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class StepSpec:
     free_function: bool
     retry_policy: Any
     state_type: type | None = None
+    placement: ResourceRequest | None = None  # what its worker must hold (actors.placement)
 
 
 @overload
@@ -59,6 +62,11 @@ def step(
     workflow: type[Workflow] | None = None,
     num_workers: int = DEFAULT_NUM_WORKERS,
     retry_policy: Any = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -69,18 +77,28 @@ def step(
     workflow: type[Workflow] | None = None,
     num_workers: int = DEFAULT_NUM_WORKERS,
     retry_policy: Any = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = None,
 ) -> Any:
     """Mark a method (or, with ``workflow=Cls``, a free function) as a step.
 
     ``num_workers`` caps how many invocations of this step run at once within one run; the rest queue.
+    ``num_cpus``, ``num_gpus``, ``memory`` (bytes), ``resources`` and ``scheduling_strategy`` say what the
+    worker running it must hold, with Ray's names (see ``actors.placement``).
     """
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
         raise WorkflowValidationError(f"step(num_workers={num_workers!r}): num_workers must be an int >= 1")
+    placement = ResourceRequest.of(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+                                   scheduling_strategy=scheduling_strategy)
 
     def decorate(fn: F) -> F:
         if not callable(fn):
             raise WorkflowValidationError(f"@step decorates functions, not {fn!r}")
-        config = StepConfig(num_workers, retry_policy, free_function=workflow is not None)
+        config = StepConfig(num_workers, retry_policy, free_function=workflow is not None,
+                            placement=placement)
         setattr(fn, STEP_ATTR, config)
         if workflow is not None:
             workflow._add_free_step(fn)
@@ -129,7 +147,7 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig,
             f"step '{name}': retry_policy {config.retry_policy!r} has no next(elapsed, attempts, error)")
     return StepSpec(name, fn, accepts, emits, ctx_param, ev_param, config.num_workers,
                     inspect.iscoroutinefunction(fn), config.free_function, config.retry_policy,
-                    state_type)
+                    state_type, placement=config.placement)
 
 
 def _type_hints(name: str, fn: Callable[..., Any], localns: dict[str, Any] | None) -> dict[str, Any]:

@@ -145,9 +145,11 @@ class ActorHost:
 
     async def _invoke(self, msg: Invoke) -> None:
         if msg.workflow not in self.workflows:
+            cause = self.load_errors.get(msg.workflow)
             error = WorkflowRuntimeError(
-                f"worker {self.pid} could not load workflow {msg.workflow} to run step '{msg.step}': "
-                f"{self.load_errors.get(msg.workflow)!r}")
+                f"worker {self.pid} could not load the workflow's definition to run step '{msg.step}': "
+                f"{cause!r}")
+            error.__cause__ = cause  # its traceback travels in the Failed message's text
             self.tasks.pop(msg.inv, None)
             self.mailbox.send(self._failed(msg, error))
             return

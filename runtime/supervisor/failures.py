@@ -74,7 +74,11 @@ class Failures:
                                        f"a {type(exc).__name__}, not an exception")
         try:
             exc.__cause__ = RemoteTraceback(msg.traceback)
-            exc.add_note(f"raised in step '{inv.step}' of run {inv.run.run_id} (worker pid {worker.pid})")
+            exc.add_note(f"raised in step '{inv.step}' of {inv.run.wspec.name} run {inv.run.run_id} "
+                         f"({worker.describe()})")
+            hint = worker.link.explain(msg.traceback)
+            if hint:
+                exc.add_note(hint)
         except Exception:  # noqa: BLE001 -- a hostile exception (read-only __cause__, odd __notes__)
             pass
         return exc
@@ -141,8 +145,8 @@ class Failures:
                 continue
             report.step_changed(run, inv, "failed")
             err = WorkerCrashedError(
-                f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
-                f"on {inv.event.type_name} died: {worker.describe_exit()}"
+                f"the worker process (pid {worker.pid}) running step '{inv.step}' of {run.wspec.name} run "
+                f"{run.run_id} on {inv.event.type_name} died: {worker.describe_exit()}"
                 + ("; the step had already sent events or changed the run's state, so procflow does "
                    "not run it again" if inv.visible else ""),
                 step=inv.step, pid=worker.pid, exitcode=worker.exitcode)

@@ -80,7 +80,7 @@ class Supervisor:
                          kill_grace=kill_grace, budget=RestartBudget(max_restarts, restart_window),
                          async_capacity=async_capacity, on_message=self.messages.on_message,
                          on_ready=lambda w: self.scheduler.schedule(), on_death=self.failures.on_death,
-                         on_broken=self.on_broken)
+                         on_broken=self.on_broken, on_unplaceable=self.scheduler.unplaceable)
 
     # --- the door --------------------------------------------------------------------------------------
     def start(self) -> None:
