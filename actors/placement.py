@@ -90,8 +90,9 @@ class ResourceRequest:
         return dict(self.resources)  # type: ignore[arg-type]  # pairs, once __post_init__ has run
 
     def merged_over(self, default: ResourceRequest) -> ResourceRequest:
-        """This request with what it leaves open taken from ``default``; custom resources are merged."""
-        merged = {**default.resource_dict(), **self.resource_dict()}
+        """This request with what it leaves open taken from ``default`` (custom resources as a whole: a
+        request naming any replaces the default's, as Ray's ``.options(resources=...)`` does)."""
+        merged = self.resource_dict() if self.resources else default.resource_dict()
         strategy = self.scheduling_strategy if self._strategy_key is not None else default.scheduling_strategy
         return ResourceRequest(
             self.num_cpus if self.num_cpus is not None else default.num_cpus,

@@ -27,6 +27,7 @@ class WorkerLink(ABC):
 
     pid: int
     exitcode: int | None = None
+    launch_timed_out = False  # the worker never started because no room was found for it in time
 
     @abstractmethod
     def send(self, msg: object) -> None:

@@ -160,7 +160,7 @@ class Pool(Sizing):
         if expected:
             self.fill()
         elif never_started:
-            self.launch_failed(worker.shape, worker.describe_exit())
+            self.launch_failed(worker.shape, worker.describe_exit(), conclusive=worker.link.launch_timed_out)
         else:
             log.warning("procflow: worker %d (%s) died unexpectedly: %s",
                         worker.index, worker.describe(), worker.describe_exit())

@@ -136,10 +136,12 @@ class Sizing:
 
     # --- launching -------------------------------------------------------------------------------------
     def wants(self) -> None:
-        """A scheduling pass left work unplaced: start what it needs, if this pool ever does more than
-        replace the dead."""
+        """After a scheduling pass: start what work left unplaced needs, if this pool ever does more than
+        replace the dead; once nothing waits, withdraw a wish for more room."""
         if self.demand and (self.elastic or not self.uniform):
             self.replenish()
+        elif self._wished and not self.demand:
+            self._wish([])
 
     def replenish(self) -> None:
         if not self._open or not self.is_open():
@@ -195,15 +197,21 @@ class Sizing:
         for shape, count in self._wanted(now).items():
             room = count if self.max_size is None else max(0, min(count, self.max_size - total))
             fits = room if capacity is None else min(room, capacity.get(shape, 0))
+            if room > fits:
+                short[shape] = room - fits
+            if not fits and room and not self._covered(shape):
+                # Nothing could ever take this work: one launch waits for room (Ray holds it until a node
+                # joins, an autoscaler sees it) and, if none comes in time, fails what waits, saying why.
+                fits = 1
             for _ in range(fits):
                 self._launch(shape)
             total += fits
-            if room > fits:
-                short[shape] = room - fits
         if short:
             self._ask_after = now + GROW_POLL
             self._arm(self._ask_after)
             self._wish([s for shape, n in short.items() for s in [shape] * n])
+        elif self._wished:
+            self._wish([])
 
     def _wish(self, more: list[ResourceRequest]) -> None:
         """Tell the launcher the shapes the pool wants in all (its workers and ``more``); [] withdraws."""
@@ -214,12 +222,15 @@ class Sizing:
         self._wished = wish
         self.loop.run_in_executor(None, self.launcher.want, wish)
 
+    def _covered(self, shape: ResourceRequest) -> bool:
+        """Whether a worker that covers ``shape`` is ready or on its way (waiting work will get it)."""
+        return any(s.covers(shape) for s in self._spawning.values()) or any(
+            w.state in (WorkerState.STARTING, WorkerState.READY) and w.shape.covers(shape) for w in self.live())
+
     def _make_room(self, wanted: dict[ResourceRequest, int]) -> None:
         """At the size limit: retire an idle worker of another shape for a shape no worker covers."""
         for shape in wanted:
-            if any(s.covers(shape) for s in self._spawning.values()) or any(
-                    w.state in (WorkerState.STARTING, WorkerState.READY) and w.shape.covers(shape)
-                    for w in self.live()):
+            if self._covered(shape):
                 continue  # one will be free in time
             waiting = [need for need, _, _ in self.demand.items()]
             idle = [w for w in self.live() if w.ready and w.idle()
@@ -230,21 +241,22 @@ class Sizing:
                                     f"limit of {self.max_size} workers)", lambda w: False)
                 return
 
-    def launch_failed(self, shape: ResourceRequest, reason: str) -> None:
+    def launch_failed(self, shape: ResourceRequest, reason: str, conclusive: bool = False) -> None:
         """A launch raised, or its worker died before saying Ready: back off; give up on what waits for
-        that shape after ``LAUNCH_ATTEMPTS`` in a row; break if no worker at all can start."""
+        that shape after ``LAUNCH_ATTEMPTS`` in a row, or at once when the launch waited its full time for
+        room (``conclusive``); break if no worker at all can start."""
         now = self.loop.time()
         streak = self.backoff.failed(shape, reason, now)
         what = "a worker" if shape == ANY_SHAPE else f"a worker with {shape.describe()}"
         log.warning("procflow: starting %s failed (%d in a row; next try in %.1f s): %s",
                     what, streak.failures, streak.not_before - now, reason)
-        if self.is_open() and streak.failures >= LAUNCH_ATTEMPTS and not any(
-                w.state in (WorkerState.STARTING, WorkerState.READY) and w.shape.covers(shape)
-                for w in self.live()):
-            message = f"{what} could not start ({streak.failures} attempts in a row); the last: {reason}"
+        if self.is_open() and (conclusive or streak.failures >= LAUNCH_ATTEMPTS) and not self._covered(shape):
+            tries = f" after {streak.failures} attempts" if streak.failures > 1 else ""
+            message = f"{what} could not start{tries}: {reason}"
             if self.on_unplaceable is not None:
                 self.on_unplaceable(shape, message)
-            if shape == self.default_shape and not self.live() and not self._spawning and self.min_size:
+            if streak.failures >= LAUNCH_ATTEMPTS and shape == self.default_shape and not self.live() \
+                    and not self._spawning and self.min_size:
                 self.give_up()
                 self._on_broken(f"no worker could start: {message}")
                 return
@@ -263,13 +275,17 @@ class Sizing:
         active = len(self._spawning) + sum(1 for w in self.workers if w is not None and w.state in (
             WorkerState.STARTING, WorkerState.READY))
         idle = sorted((w for w in self.workers if w is not None and w.ready and w.idle()),
-                      key=lambda w: (w.shape.size(), now - w.idle_since), reverse=True)
+                      key=lambda w: (w.shape != self.default_shape, w.shape.size(), now - w.idle_since),
+                      reverse=True)
         for w in idle:
-            if active <= self.min_size:
+            # A worker of another shape holds what is scarce: it goes even below min_size (the pool then
+            # starts one of the default shape in its place).
+            special = w.shape != self.default_shape
+            if active <= self.min_size and not special:
                 break
             if now - w.idle_since >= self.idle_timeout:
-                self.retire(w, f"idle for {self.idle_timeout:g} s (the pool shrinks to at least "
-                               f"{self.min_size} workers)", lambda w: False)
+                self.retire(w, f"idle for {self.idle_timeout:g} s (the pool shrinks to {self.min_size} "
+                               "workers of its default shape)", lambda w: False)
                 active -= 1
             else:
                 self._arm(w.idle_since + self.idle_timeout)

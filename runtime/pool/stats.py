@@ -20,8 +20,8 @@ class PoolStats:
     ``workers`` counts every worker not yet dead: ``starting`` (launched, not yet ready) + ``busy`` (running
     invocations) + ``idle`` + ``retiring`` (taking no new work: retiring, or being killed). ``min_workers``
     and ``max_workers`` are the pool's limits (``max_workers`` None: as many as the cluster holds).
-    ``waiting`` counts invocations no worker has taken yet; ``runs`` the runs not yet ended. ``shapes`` and
-    ``nodes`` count the workers by what they hold and where they run. ``launch_failures`` and ``crashes``
+    ``waiting`` counts invocations no worker has taken yet; ``runs`` the runs not yet ended. ``shapes`` counts
+    the workers by what they hold (launches in flight included), ``nodes`` by where they run (started ones). ``launch_failures`` and ``crashes``
     count failed launches and unexpected deaths since the pool started.
     """
 
@@ -51,7 +51,8 @@ def count_stats(pool: Pool) -> PoolStats:
     busy = sum(1 for w in live if w.ready and not w.idle())
     idle = sum(1 for w in live if w.ready and w.idle())
     retiring = sum(1 for w in live if w.state in (WorkerState.RETIRING, WorkerState.DYING))
-    shapes = Counter("any" if w.shape == ANY_SHAPE else w.shape.describe() for w in live)
+    shapes = Counter("any" if shape == ANY_SHAPE else shape.describe()
+                     for shape in [w.shape for w in live] + list(pool._spawning.values()))
     nodes = Counter(w.link.where().strip() or "this machine" for w in live)
     return PoolStats(workers=len(live) + len(pool._spawning), starting=starting, busy=busy, idle=idle,
                      retiring=retiring, min_workers=pool.min_size, max_workers=pool.max_size,

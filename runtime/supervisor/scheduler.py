@@ -83,8 +83,7 @@ class Scheduler:
             plan.take(worker)
             self.dispatch(inv, worker)
         self.pending.extendleft(reversed(skipped))
-        if self.pending:
-            pool.wants()
+        pool.wants()
 
     def unplaceable(self, need: ResourceRequest, reason: str) -> None:
         """No worker of ``need`` can start: the runs whose invocations wait for one fail, naming the step."""

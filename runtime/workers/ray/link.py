@@ -142,18 +142,20 @@ class RayLink(WorkerLink):
         while True:
             ready, _ = ray.wait([ping], timeout=0.25)
             if self._stopping.is_set() or start.closing.is_set():
-                raise _Gone("the runtime shut down while the worker was starting")
+                raise _Gone("the runtime shut down while it was starting")
             if ready:
                 try:
                     pid, node_id, ip = ray.get(ping)
                     break
-                except ActorUnavailableError:
+                except ActorUnavailableError as exc:
+                    log.warning("procflow: a starting Ray worker is unreachable; retrying: %s",
+                                _plain(str(exc)).splitlines()[0])
                     ping = self.actor.ping.remote()  # not reached yet: ask again, within the deadline
             if time.monotonic() > deadline:
                 self.launch_timed_out = True
                 self._kill_actor()
-                raise _Gone(f"Ray did not start it within {start.launch_timeout:g} s: no node had room for "
-                            f"{_bundle_text(start.shape)} (`ray status` shows the cluster's resources)")
+                raise _Gone(f"no node had room for {_bundle_text(start.shape)} within "
+                            f"{start.launch_timeout:g} s (`ray status` shows the cluster's resources)")
         self.pid, self.node_id, self.ip = pid, node_id, ip
         if start.local_node is not None and node_id == start.local_node:
             with contextlib.suppress(psutil.Error):
@@ -212,6 +214,8 @@ class RayLink(WorkerLink):
         with self._unacked_lock:
             self._unacked = deque(item for item in self._unacked if item[2] not in finished)
         for seq, data in retry:
+            log.warning("procflow: Ray worker pid %d%s was unreachable for a delivery; retrying it",
+                        self.pid, self.where())
             self._deliver(seq, data)
 
     def _hand_over(self, msgs: list[object]) -> None:
@@ -276,7 +280,7 @@ class RayLink(WorkerLink):
         reason = self._dead_because or "reason unknown"
         hint = self.explain(self._raw_error) if self._raw_error else None
         if not self.started:
-            return f"Ray could not start it: {reason}" + (f". {hint}" if hint else "")
+            return f"Ray did not start its actor: {reason}" + (f". {hint}" if hint else "")
         return f"its Ray actor died{self.where()}: {reason}"
 
     def explain(self, error_text: str) -> str | None:
