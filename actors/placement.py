@@ -40,6 +40,7 @@ class ResourceRequest:
     resources: tuple[tuple[str, float], ...] | Mapping[str, float] = ()
     scheduling_strategy: Any = field(default=None, compare=False, hash=False)
     _strategy_key: str | None = field(default=None, init=False, repr=False)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._validate("ResourceRequest")
@@ -85,6 +86,26 @@ class ResourceRequest:
             pairs.append((name, float(amount)))
         object.__setattr__(self, "resources", tuple(sorted(pairs)))
         object.__setattr__(self, "_strategy_key", _key(self.scheduling_strategy))
+        object.__setattr__(self, "_hash", hash(self._fields()))
+
+    # Requests are dict keys on the scheduler's hot path: hashed once, compared by identity first.
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.num_cpus, self.num_gpus, self.memory, self.resources, self._strategy_key)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ResourceRequest):
+            return NotImplemented
+        return self._hash == other._hash and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt through the constructor: string hashes differ between processes.
+        return (ResourceRequest, (self.num_cpus, self.num_gpus, self.memory, self.resources,
+                                  self.scheduling_strategy))
 
     def resource_dict(self) -> dict[str, float]:
         return dict(self.resources)  # type: ignore[arg-type]  # pairs, once __post_init__ has run

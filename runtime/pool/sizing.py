@@ -4,10 +4,13 @@
         up to min_size: launch now, shapes that waiting work needs first, else the default shape
         beyond min_size, up to max_size (elastic pools): ask the launcher's capacity (executor thread),
             launch what fits; what does not fit is wished for (Launcher.want: an autoscaler's demand),
-            and capacity is asked again every GROW_POLL s while work waits (nodes that join are seen so)
+            and capacity is asked again every GROW_POLL s while work waits (nodes that join are seen so).
+            Work that no worker covers, with no room anywhere, still gets one launch: it waits for room
+            (Ray holds it until a node joins) and, if none comes in time, fails what waits, saying why
         at the limit: a shape that no worker covers gets room: an idle worker of another shape retires
-    timer         an idle worker past idle_timeout retires while the pool holds more than min_size;
-                  a shape in launch back-off is launched again when its wait is over
+    timer         an idle worker past idle_timeout retires while the pool holds more than min_size (one of
+                  a shape other than the default always: it holds what is scarce, and min_size is refilled
+                  with the default shape); a shape in launch back-off is launched again when its wait ends
 
 What waits is read from ``Demand`` (shapes.py) and from the workers starting: ``unmet()`` is the number of
 workers wanted per shape beyond those already coming. A pool with ``min_size == max_size`` and one shape

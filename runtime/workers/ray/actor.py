@@ -3,7 +3,8 @@
     actor.deliver(seq, frames)  [concurrency group "inbox", one thread]  -> os.pipe() inbox -> the host's
                                  reader callback on the actor's uvloop thread (frames kept in ``seq`` order)
     actor.drain(batch)          [group "outbox", one thread]  <- Outbox <- the host's threads (loop and step
-                                 thread) sending pickled messages; waits up to DRAIN_POLL s for a first one
+                                 thread) sending pickled messages; waits up to DRAIN_POLL s for a first one;
+                                 with them, the next delivery seq it expects (the earlier ones are in)
     actor.ping()                [default group]  pid, Ray node id and node IP, once the host is up
 
 Both calls may be sent twice by the driver (``link.py`` retries a call that failed with Ray's
@@ -148,12 +149,13 @@ class RayWorker:
                 view = view[os.write(self._inbox_w, view):]
 
     @ray.method(concurrency_group="outbox")
-    def drain(self, batch: int) -> list[bytes]:
-        """Batch ``batch`` of the host's pickled messages, waiting up to ``DRAIN_POLL`` s for one; the
-        batch last answered, again, if it is asked for again."""
+    def drain(self, batch: int) -> tuple[int, list[bytes]]:
+        """Batch ``batch`` of the host's pickled messages, waiting up to ``DRAIN_POLL`` s for one (the
+        batch last answered, again, if it is asked for again), and the first delivery ``seq`` not yet
+        written to the inbox: every earlier one is in, so the driver can forget them."""
         if batch != self._batch:
             self._batch, self._last = batch, self._outbox.take(DRAIN_POLL)
-        return self._last
+        return self._next_seq, self._last
 
 
 # Ray's typed overloads of ray.remote() leave out concurrency_groups, which it accepts at run time.

@@ -1,9 +1,10 @@
 """The driver's side of one Ray worker actor: ``RayLink``, the pool's handle on it.
 
     supervisor -> worker:  RayLink.send(msg): pickled, framed, coalesced per loop iteration (as Channel does)
-                           -> actor.deliver.remote(seq, frames)        the ref is kept until its call is seen
-                                                                       done; one that failed as unavailable
-                                                                       is sent again (same seq)
+                           -> actor.deliver.remote(seq, frames)        kept until a drain's answer says the
+                                                                       actor has it; one that stays unacked
+                                                                       and failed as unavailable is sent
+                                                                       again (same seq)
     worker -> supervisor:  bridge thread: first actor.ping() (its pid and node; a worker that does not
                            answer within launch_timeout never started), then a long poll of
                            actor.drain(batch), one call in flight -> unpickle -> loop.call_soon_threadsafe
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("procflow")
 
 UNAVAILABLE_GRACE = 30.0  # seconds an unreachable actor is retried before it counts as dead
+DELIVERY_CHECK = 0.5  # seconds a delivery may stay unacknowledged before its call's outcome is looked at
 PROCFLOW_PACKAGES = ("actors", "runtime", "handler")
 
 
@@ -81,7 +83,7 @@ class RayLink(WorkerLink):
         self._flush_pending = False
         self._closed = False  # loop thread only
         self._stopping = threading.Event()  # tells the bridge to stop (close() before a death was seen)
-        self._unacked: deque[tuple[int, bytes, Any]] = deque()  # deliveries not yet seen done
+        self._unacked: deque[tuple[int, bytes, Any, float]] = deque()  # (seq, frames, ref, sent at)
         self._unacked_lock = threading.Lock()
         self._kill_lock = threading.Lock()
         self._killed = False
@@ -117,7 +119,7 @@ class RayLink(WorkerLink):
             log.warning("procflow: delivering to Ray worker pid %d failed: %r", self.pid, exc)
             return
         with self._unacked_lock:
-            self._unacked.append((seq, data, ref))
+            self._unacked.append((seq, data, ref, time.monotonic()))
 
     # --- from the actor (bridge thread) -----------------------------------------------------------------
     def _run(self) -> None:
@@ -166,7 +168,7 @@ class RayLink(WorkerLink):
         batch, unreachable_since = 1, 0.0
         while not self._stopping.is_set():
             try:
-                data = ray.get(self.actor.drain.remote(batch))
+                acked, data = ray.get(self.actor.drain.remote(batch))
             except ActorUnavailableError as exc:
                 unreachable_since = self._unreachable(unreachable_since, exc)
                 continue
@@ -177,7 +179,8 @@ class RayLink(WorkerLink):
             if data:
                 msgs = [pickle.loads(item) for item in data]
                 self.loop.call_soon_threadsafe(self._hand_over, msgs)
-            self._check_deliveries()
+            if self._forget_delivered(acked):
+                self._check_deliveries()
 
     def _unreachable(self, since: float, exc: BaseException) -> float:
         """Ray cannot reach the actor for now: wait a little and go on, up to UNAVAILABLE_GRACE s."""
@@ -192,17 +195,24 @@ class RayLink(WorkerLink):
         self._check_deliveries()
         return since
 
+    def _forget_delivered(self, acked: int) -> bool:
+        """Drop deliveries before ``acked`` (the actor has them); True if one has waited long enough to be
+        looked at (a delivery whose call failed holds up every later one in the actor)."""
+        with self._unacked_lock:
+            while self._unacked and self._unacked[0][0] < acked:
+                self._unacked.popleft()
+            return bool(self._unacked) and time.monotonic() - self._unacked[0][3] > DELIVERY_CHECK
+
     def _check_deliveries(self) -> None:
-        """Forget deliveries done; send again, with the same ``seq``, those Ray could not get through."""
+        """Send again, with the same ``seq``, deliveries whose call Ray could not get through."""
         with self._unacked_lock:
             pending = list(self._unacked)
         if not pending:
             return
-        done, _ = ray.wait([ref for _, _, ref in pending], num_returns=len(pending), timeout=0,
-                           fetch_local=False)
+        done, _ = ray.wait([item[2] for item in pending], num_returns=len(pending), timeout=0)
         finished = set(done)
         retry: list[tuple[int, bytes]] = []
-        for seq, data, ref in pending:
+        for seq, data, ref, _ in pending:
             if ref not in finished:
                 continue
             try:
