@@ -20,9 +20,10 @@ class PoolStats:
     ``workers`` counts every worker not yet dead: ``starting`` (launched, not yet ready) + ``busy`` (running
     invocations) + ``idle`` + ``retiring`` (taking no new work: retiring, or being killed). ``min_workers``
     and ``max_workers`` are the pool's limits (``max_workers`` None: as many as the cluster holds).
-    ``waiting`` counts invocations no worker has taken yet; ``runs`` the runs not yet ended. ``shapes`` counts
-    the workers by what they hold (launches in flight included), ``nodes`` by where they run (started ones). ``launch_failures`` and ``crashes``
-    count failed launches and unexpected deaths since the pool started.
+    ``waiting`` counts invocations no worker has taken yet; ``runs`` the runs not yet ended. ``shapes``
+    counts the workers by what they hold (launches in flight included; "any" for local processes),
+    ``nodes`` by where they run ("10.0.0.7 (3fa2c81b)", or "this machine"). ``launch_failures`` and
+    ``crashes`` count failed launches and unexpected deaths since the pool started.
     """
 
     workers: int
@@ -53,7 +54,7 @@ def count_stats(pool: Pool) -> PoolStats:
     retiring = sum(1 for w in live if w.state in (WorkerState.RETIRING, WorkerState.DYING))
     shapes = Counter("any" if shape == ANY_SHAPE else shape.describe()
                      for shape in [w.shape for w in live] + list(pool._spawning.values()))
-    nodes = Counter(w.link.where().strip() or "this machine" for w in live)
+    nodes = Counter(w.link.where().strip().removeprefix("on node ") or "this machine" for w in live)
     return PoolStats(workers=len(live) + len(pool._spawning), starting=starting, busy=busy, idle=idle,
                      retiring=retiring, min_workers=pool.min_size, max_workers=pool.max_size,
                      waiting=pool.demand.total(), launch_failures=pool.backoff.failures, crashes=pool.crashes,
