@@ -149,7 +149,8 @@ class ResourceRequest:
                  (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus), ("memory", self.memory))
                  if value is not None]
         if self.resources:
-            parts.append("resources={" + ", ".join(f"{n!r}: {_num(a)}" for n, a in self.resource_dict().items()) + "}")
+            pairs = ", ".join(f"{n!r}: {_num(a)}" for n, a in self.resource_dict().items())
+            parts.append("resources={" + pairs + "}")
         if self._strategy_key is not None:
             parts.append(f"scheduling_strategy={self._strategy_key}")
         return ", ".join(parts) or "nothing"
@@ -158,7 +159,8 @@ class ResourceRequest:
 def _check_amount(where: str, name: str, value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
         raise WorkflowValidationError(f"{where}({name}={value!r}): {name} must be a number >= 0")
 
 

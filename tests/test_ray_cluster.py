@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-# --- the cluster, and a leak check that knows Ray's processes --------------------------------------------------
+# --- the cluster, and a leak check that knows Ray's processes -----------------------------------------------
 def _ray_owned(cmdline: str) -> bool:
     return "ray::" in cmdline or f"{os.sep}ray{os.sep}" in cmdline
 
@@ -72,6 +72,10 @@ def _children(ray_too: bool = False) -> dict[int, str]:
         if ray_too == _ray_owned(cmd):
             out[p.pid] = cmd
     return out
+
+
+def _actors() -> list[str]:
+    return [cmd for cmd in _children(ray_too=True).values() if "RayWorker" in cmd]
 
 
 @pytest.fixture(autouse=True)
@@ -113,12 +117,11 @@ def nodes() -> Iterator[Nodes]:
         ray.init(address=cluster.address, log_to_driver=False)
         found.ids["head"] = cluster.head_node.node_id
         yield found
-        assert wait_until(lambda: not [c for c in _children(ray_too=True).values() if "RayWorker" in c], 15), (
-            f"worker actors outlived their runtimes: {_children(ray_too=True)}")
+        assert wait_until(lambda: not _actors(), 15), f"worker actors outlived their runtimes: {_actors()}"
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert wait_until(lambda: not _children(ray_too=True), 30), f"Ray left processes: {_children(ray_too=True)}"
+    assert wait_until(lambda: not _children(ray_too=True), 30), f"Ray left: {_children(ray_too=True)}"
 
 
 def ray_runtime(nodes: Nodes, **options: Any) -> Any:
@@ -128,7 +131,7 @@ def ray_runtime(nodes: Nodes, **options: Any) -> Any:
     return RayRuntime(address=nodes.address, **options)
 
 
-# --- workflows (module level: the workers import them by reference) ------------------------------------------
+# --- workflows (module level: the workers import them by reference) -----------------------------------------
 def node_id() -> str:
     import ray
 
@@ -271,7 +274,7 @@ def first_where(handler: Any) -> Where:
     return found[0]
 
 
-# --- placement per step ---------------------------------------------------------------------------------------
+# --- placement per step -------------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 def test_each_step_runs_only_on_a_node_that_holds_the_resources_it_asked_for(nodes: Nodes) -> None:
     rt = ray_runtime(nodes, min_workers=1, max_workers=4).start(wait=True)
@@ -289,9 +292,10 @@ def test_each_step_runs_only_on_a_node_that_holds_the_resources_it_asked_for(nod
     assert stats.crashes == 0 and stats.launch_failures == 0
 
 
-# --- node loss ------------------------------------------------------------------------------------------------
+# --- node loss ----------------------------------------------------------------------------------------------
 @pytest.mark.timeout(150)
-def test_a_node_lost_mid_step_fails_the_run_naming_the_step_and_the_node(nodes: Nodes, tmp_path: Path) -> None:
+def test_a_node_lost_mid_step_fails_the_run_naming_the_step_and_the_node(
+        nodes: Nodes, tmp_path: Path) -> None:
     green = nodes.add("green", green=1)
     rt = ray_runtime(nodes, min_workers=1, max_workers=3).start(wait=True)
     try:
@@ -515,7 +519,8 @@ _UNAVAILABLE = textwrap.dedent("""
         stats = rt.stats()
     finally:
         rt.shutdown()
-    print(json.dumps({"doubled": doubled, "crashes": stats.crashes, "launch_failures": stats.launch_failures}))
+    print(json.dumps({"doubled": doubled, "crashes": stats.crashes,
+                      "launch_failures": stats.launch_failures}))
 """)
 
 
@@ -537,7 +542,7 @@ def test_transient_unavailability_of_an_actor_is_retried_before_it_is_declared_d
     assert "unreachable" in proc.stderr and "retrying" in proc.stderr, proc.stderr[-2000:]
 
 
-# --- cancel, and worker_pids() --------------------------------------------------------------------------------
+# --- cancel, and worker_pids() ------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 def test_hard_cancel_stops_a_step_spinning_on_another_node_and_other_runs_continue(nodes: Nodes) -> None:
     rt = ray_runtime(nodes, min_workers=1, max_workers=3).start(wait=True)
@@ -570,12 +575,12 @@ def test_worker_pids_never_waits_for_a_launch_that_is_pending(nodes: Nodes) -> N
         rt.shutdown()
 
 
-# --- finding the cluster, and the README ---------------------------------------------------------------------
+# --- finding the cluster, and the README --------------------------------------------------------------------
 def ray_snippet() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Beyond one machine: the Ray runtime"):]
-    return section[section.index("```python") + len("```python"):section.index("```", section.index("```python")
-                                                                                 + 3)]
+    start = section.index("```python") + len("```python")
+    return section[start:section.index("```", start)]
 
 
 @pytest.mark.timeout(120)
@@ -627,7 +632,7 @@ def test_under_ray_client_no_actor_counts_as_on_this_machine(monkeypatch: pytest
     assert local_node_id() is None  # then no actor's pid is ever signalled through psutil here
 
 
-# --- the process runtime: requests checked against this machine ----------------------------------------------
+# --- the process runtime: requests checked against this machine ---------------------------------------------
 class WantsGpu(Workflow):
     @step(num_gpus=1)
     def train(self, ev: StartEvent) -> StopEvent:

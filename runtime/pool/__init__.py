@@ -6,4 +6,5 @@ from runtime.pool.pool import Pool, PoolState
 from runtime.pool.stats import PoolStats
 from runtime.pool.worker import Worker, WorkerState
 
-__all__ = ["Launcher", "Pool", "PoolState", "PoolStats", "RestartBudget", "Worker", "WorkerLink", "WorkerState"]
+__all__ = ["Launcher", "Pool", "PoolState", "PoolStats", "RestartBudget", "Worker", "WorkerLink",
+           "WorkerState"]

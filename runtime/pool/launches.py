@@ -2,10 +2,11 @@
 
 A worker that never started never ran anything, so its failure is not a crash: it does not spend the restart
 budget (``budget.py``, for workers that died while running steps). Instead each shape of worker has its own
-streak of failures, and each failure doubles the wait before that shape is launched again (0.5 s, 1 s, 2 s, ...
-at most 30 s); a worker of the shape saying Ready ends the streak. After ``LAUNCH_ATTEMPTS`` failures in a row
-the pool gives up on what waits for that shape (``Pool``: the runs fail, naming the step and the reason) and,
-if no worker at all could start, declares itself broken; it keeps trying at the longest interval.
+streak of failures, and each failure doubles the wait before that shape is launched again (0.5 s, 1 s, 2 s,
+... at most 30 s); a worker of the shape saying Ready ends the streak. After ``LAUNCH_ATTEMPTS`` failures in a
+row the pool gives up on what waits for that shape (the runs fail, naming the step and the reason; see
+``sizing.py``) and, if no worker at all could start, declares itself broken; else it keeps trying at the
+longest interval.
 """
 
 from __future__ import annotations

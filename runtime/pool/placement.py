@@ -1,9 +1,10 @@
 """Placement: which worker takes an invocation, decided afresh on every scheduling pass.
 
-A ``def`` invocation gets an idle worker to itself, so that killing that worker stops exactly that run's step;
-async invocations share READY workers that run no ``def`` step (at most ``async_capacity`` each). While ``def``
-invocations wait, as many idle workers are held back for them, and if none is idle the READY worker with the
-fewest async invocations takes no new async work, so a stream of async work cannot starve ``def`` steps.
+A ``def`` invocation gets an idle worker to itself, so that killing that worker stops exactly that run's
+step; async invocations share READY workers that run no ``def`` step (at most ``async_capacity`` each).
+While ``def`` invocations wait, as many idle workers are held back for them, and if none is idle the READY
+worker with the fewest async invocations takes no new async work, so a stream of async work cannot starve
+``def`` steps.
 
 With shapes (``actors.placement``): an invocation goes only to a worker whose shape covers its need, the
 smallest such worker first (a GPU worker is not spent on a step that asks for nothing while a plain one is

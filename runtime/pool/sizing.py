@@ -120,7 +120,8 @@ class Sizing:
         for need, is_async, count in self.demand.items():
             covering = sorted((s for s in supply if self.uniform or s.covers(need)), key=lambda s: s.size())
             if is_async:
-                if any(supply[s] for s in covering) or any(self.uniform or w.shape.covers(need) for w in free):
+                if any(supply[s] for s in covering) or any(
+                        self.uniform or w.shape.covers(need) for w in free):
                     continue
                 want = -(-count // self.async_capacity)
             else:
@@ -228,7 +229,8 @@ class Sizing:
     def _covered(self, shape: ResourceRequest) -> bool:
         """Whether a worker that covers ``shape`` is ready or on its way (waiting work will get it)."""
         return any(s.covers(shape) for s in self._spawning.values()) or any(
-            w.state in (WorkerState.STARTING, WorkerState.READY) and w.shape.covers(shape) for w in self.live())
+            w.state in (WorkerState.STARTING, WorkerState.READY) and w.shape.covers(shape)
+            for w in self.live())
 
     def _make_room(self, wanted: dict[ResourceRequest, int]) -> None:
         """At the size limit: retire an idle worker of another shape for a shape no worker covers."""

@@ -90,8 +90,9 @@ class Scheduler:
         for inv in [inv for inv in self.pending if not inv.finished and self.need(inv) == need]:
             run = inv.run
             if run.status.accepts_work:
-                self.sup.fail(run, WorkflowRuntimeError(
-                    f"step '{inv.step}' of {run.wspec.name} (run {run.run_id}) cannot run: {reason}"), inv.step)
+                error = WorkflowRuntimeError(
+                    f"step '{inv.step}' of {run.wspec.name} (run {run.run_id}) cannot run: {reason}")
+                self.sup.fail(run, error, inv.step)
 
     def dispatch(self, inv: Invocation, worker: Worker) -> None:
         run = inv.run

@@ -1,4 +1,4 @@
-"""What runs inside a Ray actor: one procflow ``ActorHost`` on a uvloop thread, fed and drained by actor calls.
+"""What runs inside a Ray actor: a procflow ``ActorHost`` on a uvloop thread, fed and drained by actor calls.
 
     actor.deliver(seq, frames)  [concurrency group "inbox", one thread]  -> os.pipe() inbox -> the host's
                                  reader callback on the actor's uvloop thread (frames kept in ``seq`` order)

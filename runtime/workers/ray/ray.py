@@ -119,7 +119,8 @@ class RayRuntime(ProcessRuntime):
 def _limits(workers: int | None, low: int | None, high: int | None) -> tuple[int, int | None]:
     if workers is not None:
         if low is not None or high is not None:
-            raise ValueError("RayRuntime: give workers= (a fixed pool) or min_workers=/max_workers=, not both")
+            raise ValueError("RayRuntime: give workers= (a fixed pool) or min_workers=/max_workers=, "
+                             "not both")
         if workers < 1:
             raise ValueError(f"RayRuntime(workers={workers!r}): need at least one worker")
         return workers, workers
