@@ -12,6 +12,7 @@ from .events import (
     StepQueueChanged, StepState, StepStateChanged, StopEvent, WorkflowCancelledEvent, WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
+from .placement import ResourceRequest
 from .retry_policy import ConstantDelayRetryPolicy, ExponentialBackoffRetryPolicy, RetryPolicy
 from .decorators import catch_error, step
 from .workflow import Workflow
@@ -28,6 +29,7 @@ __all__ = [
     "InternalDispatchEvent",
     "PayloadError",
     "RemoteTraceback",
+    "ResourceRequest",
     "RetryPolicy",
     "RuntimeBrokenError",
     "StartEvent",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, TypeVar, ov
 
 from .errors import WorkflowValidationError
 from .events import Event, StepFailedEvent
+from .placement import ResourceRequest
 from .resource import ResourceDescriptor
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class StepConfig:
     role: str = "step"  # or "catch_error"
     for_steps: tuple[str, ...] | None = None  # catch_error: the steps it covers; None: every unclaimed one
     max_recoveries: int = 1
+    placement: ResourceRequest | None = None  # what its worker must hold (actors.placement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class StepSpec:
     max_recoveries: int = 1
     accept_event_subclasses: bool = False
     skip_graph_checks: tuple[str, ...] = ()
+    placement: ResourceRequest | None = None  # what its worker must hold (actors.placement)
 
     @property
     def is_catch_error(self) -> bool:
@@ -131,6 +134,11 @@ def step(
     retry_policy: Any = None,
     skip_graph_checks: list[StepGraphCheck] | None = None,
     accept_event_subclasses: bool = False,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -143,6 +151,11 @@ def step(
     retry_policy: Any = None,
     skip_graph_checks: list[StepGraphCheck] | None = None,
     accept_event_subclasses: bool = False,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: float | None = None,
+    resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = None,
 ) -> Any:
     """Mark a method (or, with ``workflow=Cls``, a free function) as a step.
 
@@ -150,9 +163,13 @@ def step(
     ``retry_policy`` (see ``actors.retry_policy``) runs the step again after a failure. ``skip_graph_checks``
     exempts this step from the "reachability" and/or "dead_end" checks of ``validate()``.
     ``accept_event_subclasses`` makes the step receive subclasses of the event types it accepts too.
+    ``num_cpus``, ``num_gpus``, ``memory`` (bytes), ``resources`` and ``scheduling_strategy`` say what the
+    worker running it must hold, with Ray's names (see ``actors.placement``).
     """
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
         raise WorkflowValidationError(f"step(num_workers={num_workers!r}): num_workers must be an int >= 1")
+    placement = ResourceRequest.of(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+                                   scheduling_strategy=scheduling_strategy)
     skips = tuple(skip_graph_checks or ())
     unknown = [c for c in skips if c not in STEP_GRAPH_CHECKS]
     if unknown:
@@ -168,7 +185,7 @@ def step(
                 f"@step on the free function '{fn.__name__}': pass the workflow class it belongs to, "
                 f"@step(workflow=MyWorkflow)")
         config = StepConfig(num_workers, retry_policy, free_function=free, skip_graph_checks=skips,
-                            accept_event_subclasses=accept_event_subclasses)
+                            accept_event_subclasses=accept_event_subclasses, placement=placement)
         _read_now(fn, config, localns)
         setattr(fn, STEP_ATTR, config)
         if free and workflow is not None:
@@ -300,7 +317,7 @@ def read_step(name: str, fn: Callable[..., Any], config: StepConfig,
     return StepSpec(name, fn, accepts, emits, ctx_param, ev_param, config.num_workers,
                     inspect.iscoroutinefunction(fn), config.free_function, config.retry_policy,
                     state_type, tuple(resources), config.role, config.for_steps, config.max_recoveries,
-                    config.accept_event_subclasses, config.skip_graph_checks)
+                    config.accept_event_subclasses, config.skip_graph_checks, config.placement)
 
 
 def _type_hints(name: str, fn: Callable[..., Any], localns: dict[str, Any] | None) -> dict[str, Any]:

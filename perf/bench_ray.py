@@ -1,6 +1,6 @@
 """The process runtime and the Ray runtime side by side, on this machine, in one process run.
 
-    .venv/bin/python perf/bench_ray.py [--quick] [--json out.json]
+    .venv/bin/python perf/bench_ray.py [--quick] [--json out.json] [--only hop,throughput,fanout]
 
 Needs the ``ray`` extra (``pip install -e '.[ray]'``). Both runtimes get one worker per core; the Ray one
 starts its own local Ray instance (its start-up is reported apart). Measurements alternate between the two
@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--only", default="hop,throughput,fanout",
+                    help="comma-separated: hop, throughput, fanout (startup is always measured)")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
     try:
         from runtime import RayRuntime
     except ImportError:
@@ -153,12 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     start_ray = time.perf_counter() - t
     rts: dict[str, ProcessRuntime] = {"process": proc_rt, "ray": ray_rt}
     try:
-        say("hop ...")
-        hop = bench_hop(rts, args.quick)
-        say("throughput ...")
-        thr = bench_throughput(rts, args.quick)
-        say("fanout ...")
-        fan = bench_fanout(rts, args.quick)
+        hop: dict[str, float] = {}
+        thr: dict[str, dict[int, float]] = {"process": {}, "ray": {}}
+        fan: dict[str, Any] = {}
+        if "hop" in only:
+            say("hop ...")
+            hop = bench_hop(rts, args.quick)
+        if "throughput" in only:
+            say("throughput ...")
+            thr = bench_throughput(rts, args.quick)
+        if "fanout" in only:
+            say("fanout ...")
+            fan = bench_fanout(rts, args.quick)
     finally:
         ray_rt.shutdown()
         proc_rt.shutdown()
@@ -166,28 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nprocess runtime vs Ray runtime, {CORES} cores, {CORES} workers each"
           f"{' (quick)' if args.quick else ''}\n")
     lines: list[tuple[str, str, float, float, str]] = [
-        ("startup", "start(wait=True)", start_proc * 1000, start_ray * 1000, "ms"),
-        ("hop", "10-step chain, per hop", hop["process"], hop["ray"], "us"),
-    ]
+        ("startup", "start(wait=True)", start_proc * 1000, start_ray * 1000, "ms")]
+    if hop:
+        lines.append(("hop", "10-step chain, per hop", hop["process"], hop["ray"], "us"))
     lines += [("throughput", f"{k} in flight, 3 steps", thr["process"][k], thr["ray"][k], "runs/s")
               for k in thr["process"]]
     lines += [("fanout", f"8 x {ms} ms, wall", row["process"] * 1000, row["ray"] * 1000, "ms")
               for ms, row in fan.items()]
     table(lines)
-    extra, model, within = crossover(fan)
-    print(f"\nfan-out physical floor (8 x work / {CORES} cores): "
-          + ", ".join(f"{ms} ms -> {row['floor'] * 1000:.0f} ms" for ms, row in fan.items()))
-    print(f"Ray's extra cost per step: about {extra:.1f} ms of a core.\n"
-          f"crossover: Ray's overhead is under 10 % of a step's work from about {model:.0f} ms of work per "
-          f"step (measured here: Ray within 10 % of processes from {within}).\n"
-          f"on a cluster of C cores against this machine's {CORES}, Ray's fan-out wins once work per step "
-          f"> {extra:.1f} ms x {CORES} / (C - {CORES}).")
+    figures: dict[str, Any] = {"cores": CORES, "startup_s": {"process": start_proc, "ray": start_ray},
+                               "hop_us": hop, "throughput": thr, "fanout_s": fan}
+    if fan:
+        extra, model, within = crossover(fan)
+        print(f"\nfan-out physical floor (8 x work / {CORES} cores): "
+              + ", ".join(f"{ms} ms -> {row['floor'] * 1000:.0f} ms" for ms, row in fan.items()))
+        print(f"Ray's extra cost per step: about {extra:.1f} ms of a core.\n"
+              f"crossover: Ray's overhead is under 10 % of a step's work from about {model:.0f} ms of work per "
+              f"step (measured here: Ray within 10 % of processes from {within}).\n"
+              f"on a cluster of C cores against this machine's {CORES}, Ray's fan-out wins once work per step "
+              f"> {extra:.1f} ms x {CORES} / (C - {CORES}).")
+        figures.update(ray_extra_ms_per_step=extra, crossover_model_ms=model, crossover_measured=within)
     if args.json:
-        args.json.write_text(json.dumps({"cores": CORES, "startup_s": {"process": start_proc, "ray": start_ray},
-                                         "hop_us": hop, "throughput": thr, "fanout_s": fan,
-                                         "ray_extra_ms_per_step": extra, "crossover_model_ms": model,
-                                         "crossover_measured": within},
-                                        indent=2))
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 

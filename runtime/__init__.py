@@ -6,6 +6,7 @@ contract the handler talks to (``Engine``, ``RunAdapter``, ``EventStream``).
 
 from runtime.default import get_default_runtime, shutdown_default_runtime
 from runtime.engine import Engine, RunAdapter
+from runtime.pool import PoolStats
 from runtime.process_adapter import ProcessRunAdapter
 from runtime.process_runtime import ProcessRuntime
 from runtime.stream import END, EventStream
@@ -14,6 +15,7 @@ __all__ = [
     "END",
     "Engine",
     "EventStream",
+    "PoolStats",
     "ProcessRunAdapter",
     "ProcessRuntime",
     "RunAdapter",

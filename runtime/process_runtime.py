@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import enum
 import itertools
 import os
@@ -25,7 +26,7 @@ from actors.host import Packed, continues_from, spec_of
 
 from runtime.default import register
 from runtime.engine import Engine, RunAdapter
-from runtime.pool.link import Launcher
+from runtime.pool import Launcher, PoolStats
 from runtime.process_adapter import ProcessRunAdapter
 from runtime.run.snapshot import seed
 from runtime.run.state import RunState
@@ -136,14 +137,25 @@ class ProcessRuntime(Engine):
         """Whether the caller is the supervisor's own thread (where blocking would deadlock)."""
         return self._sup.in_loop_thread()
 
-    def worker_pids(self, wait: bool = True) -> list[int]:
-        """PIDs of the live worker processes; with ``wait``, once the pool is at full strength (workers
-        start in the background: right after the first run some may still be starting), for at most 10 s."""
+    def worker_pids(self, wait: bool = False) -> list[int]:
+        """PIDs of the live workers, now. Never waits for a launch: a worker whose pid is not known yet (a
+        Ray actor still being placed) is left out, and after a crash the replacement shows up once started.
+        ``wait=True`` first waits (at most 10 s) for the pool to be warm, as ``wait_ready()`` does."""
         self.start()
         if wait:
             with contextlib.suppress(TimeoutError, RuntimeBrokenError):
                 self.wait_ready(10.0)
-        return self._sup.call(lambda: [w.pid for w in self._sup.pool.live()]).result(10)
+        return self._sup.call(lambda: [w.pid for w in self._sup.pool.live() if w.pid > 0]).result(10)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool: workers starting, busy, idle and retiring, its limits, invocations waiting
+        for a worker, runs not yet ended, failed launches and crashes (see ``runtime.PoolStats``)."""
+        def take() -> PoolStats:
+            return dataclasses.replace(self._sup.pool.stats(), runs=len(self._sup.runs))
+
+        if self._state is not RuntimeState.STARTED or self._sup.in_loop_thread():
+            return take()  # no loop to ask (not started, or shut down), or we are on it
+        return self._sup.call(take).result(10)
 
     # --- runs ------------------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, start_event: StartEvent | None, ctx: Context[Any] | None,
@@ -178,12 +190,21 @@ class ProcessRuntime(Engine):
             known = self._workflow_keys.get(id(workflow))
             if known is not None and known[0]() is workflow:
                 return known[1], known[2]
+            self._check_placement(workflow)
             key = next(self._keys)
             definition = self._sup.codec.pack_definition(workflow, spec_of(workflow),
                                                          event_types | {StartEvent})
             self._workflow_keys[id(workflow)] = (weakref.ref(workflow), key, definition)
         weakref.finalize(workflow, self._forget, id(workflow), key)
         return key, definition
+
+    def _check_placement(self, workflow: Workflow) -> None:
+        """Refuse, at run(), a step asking for resources its workers can never hold (WorkflowValidationError
+        naming the step): here a GPU, a custom resource, more CPUs or memory than this machine has."""
+        wspec = spec_of(workflow)
+        for name, spec in wspec.steps.items():
+            if spec.placement is not None:
+                self._sup.pool.launcher.check(wspec.name, name, spec.placement)
 
     def _forget(self, ident: int, key: int) -> None:
         """A workflow object was garbage-collected (a finalizer: any thread, at any allocation, maybe

@@ -180,9 +180,12 @@ class ActorHost:
     async def _run(self, msg: Invoke) -> object:
         """The invocation's task: returns its outcome message (``_finished`` sends it)."""
         if msg.workflow not in self.workflows:
-            return self._failed(msg, WorkflowRuntimeError(
-                f"worker {self.pid} could not load workflow {msg.workflow} to run step '{msg.step}': "
-                f"{self.load_errors.get(msg.workflow)!r}"))
+            cause = self.load_errors.get(msg.workflow)
+            error = WorkflowRuntimeError(
+                f"worker {self.pid} could not load the workflow's definition to run step '{msg.step}': "
+                f"{cause!r}")
+            error.__cause__ = cause  # its traceback travels in the Failed message's text
+            return self._failed(msg, error)
         workflow, wspec = self.workflows[msg.workflow]
         if wspec.steps[msg.step].is_async:
             return await self._call_async(msg, workflow, wspec)

@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if interrupts.count:
                 view.notice("interrupted while starting the workers")
                 return EXIT_CANCELLED
-            stats.cpu.watch(rt.worker_pids(wait=False))
+            stats.cpu.watch(rt.worker_pids())
             stats.started = time.monotonic()
             stats.cpu.sample(stats.started)
             try:

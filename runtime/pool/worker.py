@@ -4,7 +4,10 @@
     STARTING | READY | RETIRING --kill()--> DYING --(death seen)--> DEAD;  any state --(death seen)--> DEAD
 
 Only READY workers take new invocations. A RETIRING worker keeps running what it holds (other runs' work
-must not be disturbed) and is killed by the pool once none of it belongs to a live run.
+must not be disturbed) and is killed by the pool once none of it belongs to a live run. A worker that dies
+while STARTING never ran anything: the pool counts that as a failed launch, not a crash.
+
+``shape`` is what the worker holds (``actors.placement``): it takes only invocations whose need it covers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from actors import ResourceRequest
+
     from runtime.pool.link import WorkerLink
     from runtime.run.state import Invocation
 
@@ -45,12 +50,14 @@ class Worker:
 
     index: int
     link: WorkerLink
-    pid: int
+    pid: int  # 0 until known (a Ray actor's pid comes with its Ready)
+    shape: ResourceRequest
     state: WorkerState = WorkerState.STARTING
     sync_inv: Invocation | None = None  # the one ``def`` invocation it runs; then it runs nothing else
     async_invs: set[int] = field(default_factory=set)
     loaded: set[int] = field(default_factory=set)  # workflow keys whose definition it holds
     kill_reason: str | None = None
+    idle_since: float = 0.0  # loop time it last became idle (READY, or its last invocation ended)
 
     def become(self, to: WorkerState) -> None:
         if to not in _LEGAL[self.state]:
@@ -74,3 +81,7 @@ class Worker:
 
     def describe_exit(self) -> str:
         return self.link.describe_exit()
+
+    def describe(self) -> str:
+        """``worker pid 4242`` and, for a remote worker, its node."""
+        return f"worker pid {self.pid}{self.link.where()}"

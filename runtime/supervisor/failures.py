@@ -71,7 +71,14 @@ class Failures:
             exc.__cause__ = RemoteTraceback(msg.traceback)
         except BaseException:  # noqa: BLE001 -- a hostile exception may refuse a cause: report it without
             pass
-        add_note_safely(exc, f"raised in step '{inv.step}' of run {inv.run.run_id} (worker pid {worker.pid})")
+        add_note_safely(exc, f"raised in step '{inv.step}' of {inv.run.wspec.name} run {inv.run.run_id} "
+                             f"({worker.describe()})")
+        try:
+            hint = worker.link.explain(msg.traceback)  # e.g. a module the worker's machine lacks: the fix
+        except Exception:  # noqa: BLE001 -- a hint is a nicety; reporting the failure is not
+            hint = None
+        if hint:
+            add_note_safely(exc, hint)
         return exc
 
     def retry_or_fail(self, inv: Invocation, exc: BaseException) -> None:
@@ -171,8 +178,8 @@ class Failures:
                 continue
             report.step_changed(run, inv, "failed")
             err = WorkerCrashedError(
-                f"the worker process (pid {worker.pid}) running step '{inv.step}' of run {run.run_id} "
-                f"on {inv.event.type_name} died: {worker.describe_exit()}"
+                f"the worker process (pid {worker.pid}) running step '{inv.step}' of {run.wspec.name} run "
+                f"{run.run_id} on {inv.event.type_name} died: {worker.describe_exit()}"
                 + (f" (killed by procflow: {worker.kill_reason})" if worker.kill_reason else "")
                 + ("; the step had already sent events or changed the run's state, so procflow does "
                    "not run it again" if inv.visible else ""),

@@ -2,11 +2,13 @@
 
     enqueue(run, step, input) --(step under its num_workers cap)--> Invocation on ``pending`` (FIFO, all runs)
                               --(at the cap)--> run.queued[step]
-    schedule(): pending --Pool.place(this pass's Placement)--> dispatch(): [LoadWorkflow once] Invoke
+    schedule(): pending --Pool.place(need, this pass's Placement)--> dispatch(): [LoadWorkflow once] Invoke
+                what is left unplaced --Pool.wants()--> workers of the shapes it needs (elastic pools)
     release(inv): frees its worker slot and its step slot; the step's next queued input is enqueued
 
-The count of waiting ``def`` invocations is kept exactly (``waiting_sync``), so each pass can hold workers
-back for them without scanning the queue; nothing about placement is remembered between passes.
+Unplaced invocations are counted exactly by need (the shape of worker their step asks for) in the pool's
+``Demand``, so each pass can hold workers back for waiting ``def`` work, and the pool can start workers for
+what waits, without scanning the queue; nothing about placement is remembered between passes.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from typing import TYPE_CHECKING
 
 from actors.host import Invoke, LoadWorkflow
 
+from actors import WorkflowRuntimeError
+
 from runtime.run.state import Invocation, RetryState, RunStatus, StepInput
 from runtime.supervisor import report
 
 if TYPE_CHECKING:
+    from actors import ResourceRequest
+
     from runtime.pool.worker import Worker
     from runtime.run.state import RunState
     from runtime.supervisor.supervisor import Supervisor
@@ -31,9 +37,12 @@ class Scheduler:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.pending: deque[Invocation] = deque()
-        self.waiting_sync = 0  # unplaced, unfinished def invocations in ``pending``
         self._fresh: list[Invocation] = []  # enqueued since the last pass (see schedule)
         self._ids = itertools.count(1)
+
+    def need(self, inv: Invocation) -> ResourceRequest:
+        """The shape of worker ``inv``'s step needs."""
+        return self.sup.pool.need(inv.run.wspec.steps[inv.step].placement)
 
     def skip_ids_past(self, used: int) -> None:
         """Restored lineage ids must not collide with new invocation ids."""
@@ -57,8 +66,7 @@ class Scheduler:
         self.sup.invocations[inv.inv] = inv
         self.pending.append(inv)
         self._fresh.append(inv)
-        if not inv.is_async:
-            self.waiting_sync += 1
+        self.sup.pool.demand.add(self.need(inv), inv.is_async)
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
@@ -66,19 +74,19 @@ class Scheduler:
             self._fresh.clear()
             return
         pool = self.sup.pool
-        plan = pool.placement(self.waiting_sync)
+        plan = pool.placement()
         skipped: list[Invocation] = []
         while self.pending:
             inv = self.pending.popleft()
             if inv.finished:
                 continue
-            worker = pool.place(inv.is_async, plan)
+            worker = pool.place(self.need(inv), inv.is_async, plan)
             if worker is None:
                 skipped.append(inv)
                 if not pool.has_room(plan):
                     break
                 continue
-            plan.held.discard(worker)
+            plan.take(worker)
             self.dispatch(inv, worker)
         self.pending.extendleft(reversed(skipped))
         # What this pass could not place of what came since the last one waits for a worker: say so once
@@ -88,9 +96,20 @@ class Scheduler:
         for inv in fresh:
             if inv.worker is None and not inv.finished:
                 report.step_changed(inv.run, inv, "pending")
+        pool.wants()
+
+    def unplaceable(self, need: ResourceRequest, reason: str) -> None:
+        """No worker of ``need`` can start: the runs whose invocations wait for one fail, naming the step."""
+        for inv in [inv for inv in self.pending if not inv.finished and self.need(inv) == need]:
+            run = inv.run
+            if run.status.accepts_work:
+                error = WorkflowRuntimeError(
+                    f"step '{inv.step}' of {run.wspec.name} (run {run.run_id}) cannot run: {reason}")
+                self.sup.fail(run, error, inv.step)
 
     def dispatch(self, inv: Invocation, worker: Worker) -> None:
         run = inv.run
+        self.sup.pool.demand.remove(self.need(inv), inv.is_async)
         if run.wf_key not in worker.loaded:
             worker.loaded.add(run.wf_key)
             worker.send(LoadWorkflow(run.wf_key, run.definition))
@@ -98,7 +117,6 @@ class Scheduler:
         if inv.is_async:
             worker.async_invs.add(inv.inv)
         else:
-            self.waiting_sync -= 1
             worker.sync_inv = inv
         first_try_wall = time.time() - (time.monotonic() - inv.first_try)
         worker.send(Invoke(inv.inv, run.run_id, run.wf_key, inv.step, inv.event, inv.lineage, inv.resumed,
@@ -112,8 +130,7 @@ class Scheduler:
         inv.finished = True
         worker, run = inv.worker, inv.run
         if worker is None:
-            if not inv.is_async:
-                self.waiting_sync -= 1
+            self.sup.pool.demand.remove(self.need(inv), inv.is_async)
         elif inv.is_async:
             worker.async_invs.discard(inv.inv)
         elif worker.sync_inv is inv:
@@ -127,6 +144,6 @@ class Scheduler:
             self.enqueue(run, inv.step, queue.popleft())
             report.queue_changed(run, inv.step)
         if worker is not None:
-            self.sup.pool.check_retired(worker)
+            self.sup.pool.released(worker)
         if run.status is RunStatus.CANCELLING and not run.invs:
             self.sup.end_cancelled(run)

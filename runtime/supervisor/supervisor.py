@@ -87,7 +87,7 @@ class Supervisor:
                          kill_grace=kill_grace, budget=RestartBudget(max_restarts, restart_window),
                          async_capacity=async_capacity, on_message=self.messages.on_message,
                          on_ready=self._worker_ready, on_death=self.failures.on_death,
-                         on_broken=self.on_broken)
+                         on_broken=self.on_broken, on_unplaceable=self.scheduler.unplaceable)
 
     # --- the door --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,7 +128,7 @@ class Supervisor:
             return
         if self.state is not SupervisorState.RUNNING:
             error: BaseException | None = RuntimeBrokenError(self.broken_message())
-        elif self.pool.ready_count() >= self.pool.size:
+        elif self.pool.ready_count() >= self.pool.min_size:
             error = None
         else:
             return
