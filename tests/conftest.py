@@ -47,16 +47,21 @@ def live_descendants() -> dict[int, psutil.Process]:
 
 
 def leaked_since(before: set[int], attempts: int = 30, interval: float = 0.1) -> dict[int, psutil.Process]:
-    """Descendants that were not in ``before`` and are still alive after ``attempts`` polls ``interval``
-    apart (exits are asynchronous: a worker being shut down may take a moment to go)."""
-    leaked: dict[int, psutil.Process] = {}
-    for i in range(attempts):
+    """Descendants that were not in ``before`` and are still alive after waiting up to ``attempts *
+    interval`` seconds for them to end (exits are asynchronous: a worker being shut down may take a moment
+    to go). ``psutil.wait_procs`` waits on the processes themselves; the census is taken again at the end,
+    since a process seen going may have started another meanwhile."""
+    deadline = time.monotonic() + attempts * interval
+    while True:
         leaked = {pid: p for pid, p in live_descendants().items() if pid not in before}
         if not leaked:
             return {}
-        if i < attempts - 1:
-            time.sleep(interval)
-    return leaked
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return leaked
+        _, alive = psutil.wait_procs(list(leaked.values()), timeout=min(left, 1.0))
+        if alive and time.monotonic() >= deadline:
+            return {p.pid: p for p in alive}
 
 
 @pytest.fixture(autouse=True)
