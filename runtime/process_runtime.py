@@ -27,6 +27,10 @@ from runtime.process_adapter import ProcessRunAdapter
 from runtime.run.snapshot import seed
 from runtime.run.state import RunState
 from runtime.supervisor.supervisor import Supervisor, SupervisorState
+from runtime.wire import segments as shm
+from runtime.wire.segments import SegmentTable
+from runtime.workers.process.launcher import ProcessLauncher
+from runtime.workers.process.reaper import REAPER
 
 if TYPE_CHECKING:
     from actors import Context
@@ -61,6 +65,12 @@ class ProcessRuntime(Engine):
         if size < 1:
             raise ValueError(f"ProcessRuntime(workers={workers!r}): need at least one worker")
         self.workers = size
+        # Large payloads go through shared memory when the workers are local processes (another launcher,
+        # Ray's, brings its own transport); the table owns this runtime's segments.
+        self._segments: SegmentTable | None = None
+        if _launcher is None and shm.AVAILABLE:
+            self._segments = SegmentTable()
+            _launcher = ProcessLauncher(start_method, self._segments)
         self._sup = Supervisor(workers=size, start_method=start_method, kill_grace=kill_grace,
                                cancel_grace=cancel_grace,
                                max_restarts=max_restarts if max_restarts is not None else 5 * size,
@@ -72,6 +82,8 @@ class ProcessRuntime(Engine):
         self._lock = threading.RLock()
         self._keys = itertools.count(1)
         self._workflow_keys: dict[int, tuple[int, Packed]] = {}  # id(workflow) -> key, definition
+        if self._segments is not None:
+            self._sup.codec.segments = self._segments
         register(self)
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -82,6 +94,8 @@ class ProcessRuntime(Engine):
                 raise RuntimeBrokenError("this ProcessRuntime has been shut down; create a new one")
             if self._state is RuntimeState.NEW:
                 self._state = RuntimeState.STARTED
+                if self._segments is not None:
+                    REAPER.watch_segments(self._segments.runtime_prefix)
                 self._sup.start()
         if wait:
             self.wait_ready(timeout)
@@ -115,6 +129,9 @@ class ProcessRuntime(Engine):
         if not started:
             self._sup.state = SupervisorState.CLOSED
         self._sup.close(timeout)
+        if self._segments is not None:
+            self._segments.close()  # the workers are gone: every segment of this runtime goes
+            REAPER.forget_segments(self._segments.runtime_prefix)
 
     def _forked_away(self) -> None:
         """In a child of ``os.fork()``: this runtime's thread and workers are the parent's. It counts as
@@ -131,6 +148,13 @@ class ProcessRuntime(Engine):
     def on_engine_thread(self) -> bool:
         """Whether the caller is the supervisor's own thread (where blocking would deadlock)."""
         return self._sup.in_loop_thread()
+
+    def stats(self) -> dict[str, Any]:
+        """Figures about this runtime now. ``shared_memory``: the segments its large payloads occupy
+        (``segments``, ``bytes``: held now, by events, stream items, store values or snapshots still referring
+        to them; ``created``/``adopted``/``unlinked``: counts so far)."""
+        zero = {"segments": 0, "bytes": 0, "created": 0, "adopted": 0, "unlinked": 0}
+        return {"shared_memory": self._segments.stats() if self._segments is not None else zero}
 
     def worker_pids(self, wait: bool = True) -> list[int]:
         """PIDs of the live worker processes; with ``wait``, once the pool is at full strength (workers

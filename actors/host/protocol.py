@@ -31,15 +31,25 @@ def wire(cls: T) -> T:
     return cls
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Packed:
     """A pickled payload, the name of its type and, for an event class both sides know, its key (else 0):
-    the supervisor routes by that key without unpickling the payload."""
+    the supervisor routes by that key without unpickling the payload.
+
+    ``buffers`` are the payload's large buffers, out of band: the engine's slices of shared memory (or bytes
+    already in memory); ``data`` refers to them by index. ``classes`` are the classes it ships once by value
+    (the engine's entries; see ``runtime.wire.codec``). Both are opaque here and empty for most payloads."""
 
     type_name: str
     data: bytes
     type_key: int = 0
+    buffers: tuple[Any, ...] = ()
+    classes: tuple[Any, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self.buffers or self.classes:
+            return (Packed, (self.type_name, self.data, self.type_key, self.buffers, self.classes))
+        return (Packed, (self.type_name, self.data, self.type_key))
 
 
 # --- supervisor -> worker -------------------------------------------------------------------------------
@@ -207,6 +217,11 @@ class Mailbox(Protocol):
 
     def pack(self, obj: Any) -> Packed:
         """Pickle ``obj``; raises ``PayloadError`` when it cannot be pickled."""
+        ...
+
+    def pack_stream(self, obj: Any) -> Packed:
+        """Pickle an event for the run's stream (read only by the parent: the mailbox may ship a class it
+        must send by value once, then by key); raises ``PayloadError`` when it cannot be pickled."""
         ...
 
     def unpack(self, packed: Packed) -> Any:
