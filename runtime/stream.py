@@ -27,6 +27,8 @@ import threading
 from collections import deque
 from typing import IO, Any, Callable
 
+from runtime.wire.codec import materialize, payload_size
+
 END: Any = object()
 MEMORY_LIMIT = 32 << 20  # bytes of events held in memory per unread stream before spilling to disk
 _SMALL = 256  # what an unpickled internal event is taken to weigh
@@ -57,6 +59,8 @@ class _Spill:
         self.count = 0
 
     def append(self, item: Any) -> None:
+        if isinstance(item, _Packed) and item.payload.buffers:
+            item = _Packed(materialize(item.payload))  # on disk, not in shared memory
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         self.file.seek(self.write_pos)
         self.file.write(_LEN.pack(len(data)) + data)
@@ -93,8 +97,9 @@ class EventStream:
         self._append(item, _SMALL)
 
     def put_packed(self, packed: Any) -> None:
-        """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it."""
-        self._append(_Packed(packed), len(packed.data))
+        """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it. Its out-of-band
+        buffers (shared memory) count towards the memory bound; spilled, they are copied to the file."""
+        self._append(_Packed(packed), payload_size(packed) if packed.buffers else len(packed.data))
 
     def _append(self, item: Any, size: int) -> None:
         with self._cond:
