@@ -44,7 +44,7 @@ import sys
 import threading
 import types
 import weakref
-from typing import Any, Iterable
+from typing import Any
 
 import cloudpickle
 from pydantic import BaseModel
@@ -284,16 +284,10 @@ class Codec:
                 return super().reducer_override(obj)
 
         class BufferUnpickler(pickle.Unpickler):
-            views: list[memoryview] = []
+            buffers: tuple[Any, ...] = ()
 
             def persistent_load(self, pid: Any) -> Any:
-                view = self.views[pid >> 2]
-                kind = pid & 3
-                if kind == _BYTES:
-                    return bytes(view)
-                if kind == _BYTEARRAY:
-                    return bytearray(view)
-                return view
+                return _buffer(self.buffers[pid >> 2], pid & 3)
 
         self._fast, self._value, self._unpickler = FastPickler, ValuePickler, BufferUnpickler
 
@@ -363,22 +357,24 @@ class Codec:
         self._value(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
         return out
 
-    def loads(self, data: bytes | memoryview, views: list[memoryview] | None = None,
+    def loads(self, data: bytes | memoryview, buffers: tuple[Any, ...] = (),
               classes: tuple[Any, ...] = ()) -> Any:
+        """Unpickle ``data`` whose out-of-band ``buffers`` are slices (or bytes) and whose local classes are
+        ``classes`` entries."""
         if classes:
             saved = getattr(_local, "classes", ())
             _local.classes = classes
             try:
-                return self._load(data, views)
+                return self._load(data, buffers)
             finally:
                 _local.classes = saved
-        return self._load(data, views)
+        return self._load(data, buffers)
 
-    def _load(self, data: bytes | memoryview, views: list[memoryview] | None) -> Any:
-        if not views:
+    def _load(self, data: bytes | memoryview, buffers: tuple[Any, ...]) -> Any:
+        if not buffers:
             return pickle.loads(data)
         u = self._unpickler(io.BytesIO(data))
-        u.views = views
+        u.buffers = buffers
         return u.load()
 
     def pack(self, obj: Any, local_classes: bool = False) -> Packed:
@@ -425,8 +421,7 @@ class Codec:
     def unpack(self, packed: Packed) -> Any:
         """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
         try:
-            views = _views(packed.buffers) if packed.buffers else None
-            return self.loads(packed.data, views, packed.classes)
+            return self.loads(packed.data, packed.buffers, packed.classes)
         except BaseException as exc:  # noqa: BLE001 -- user code runs while unpickling: its SystemExit
             # must fail the payload, not stop the supervisor loop (nothing here waits on cancellation).
             raise PayloadError(f"{packed.type_name} cannot be unpickled: "
@@ -455,16 +450,19 @@ class Codec:
         return workflow, spec
 
 
-def _views(buffers: Iterable[Any]) -> list[memoryview]:
-    """Read-only views of a payload's out-of-band buffers (segment slices, or bytes already in memory)."""
-    out = []
-    for b in buffers:
-        if type(b) is tuple:
-            seg, off, n = b
-            out.append(seg.view()[off:off + n])
-        else:
-            out.append(memoryview(b).toreadonly())
-    return out
+def _buffer(entry: Any, kind: int) -> Any:
+    """An out-of-band buffer as its kind arrives: a read-only view of the segment (mapped), or a private
+    ``bytes``/``bytearray`` copy read from it (not mapped: the reader's memory grows by the copy only)."""
+    if type(entry) is tuple:
+        seg, off, n = entry
+        if kind == _VIEW:
+            return seg.view()[off:off + n]
+        return seg.read(off, n, writable=kind == _BYTEARRAY)
+    if kind == _BYTES:
+        return bytes(entry)
+    if kind == _BYTEARRAY:
+        return bytearray(entry)
+    return memoryview(entry).toreadonly()
 
 
 def payload_size(packed: Packed) -> int:
@@ -477,5 +475,5 @@ def materialize(packed: Packed) -> Packed:
     stream spills to disk."""
     if not packed.buffers:
         return packed
-    return Packed(packed.type_name, packed.data, packed.type_key, tuple(bytes(v) for v in _views(packed.buffers)),
-                  packed.classes)
+    copies = tuple(_buffer(b, _BYTES) for b in packed.buffers)
+    return Packed(packed.type_name, packed.data, packed.type_key, copies, packed.classes)

@@ -40,6 +40,7 @@ SHM_DIR = "/dev/shm"
 AVAILABLE = os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
 NAME_HEAD = "procflow."
 ALIGN = 64  # each buffer starts 64-byte aligned in its segment (any numpy dtype, cache lines)
+_MAX_READ = 0x7FFFF000  # the most Linux reads or writes in one call
 
 Slice = tuple[Any, int, int]  # (segment, offset, nbytes)
 
@@ -95,7 +96,9 @@ class _Mapped:
     """Every segment mapped in this process, by address: which segment a buffer's bytes live in."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a mapping's finalizer (remove) may run on this thread at any allocation made while
+        # the lock is held.
+        self._lock = threading.RLock()
         self._bases: list[int] = []
         self._entries: dict[int, tuple[int, weakref.ref[Any]]] = {}
 
@@ -163,19 +166,43 @@ class _Segment:
         with self._lock:
             m = self._mapref() if self._mapref is not None else None
             if m is None:
-                m = self._open_map()
+                fd, own = self._reader()
+                try:
+                    m = _map(self, fd)
+                finally:
+                    if own:
+                        os.close(fd)
                 self._mapref = weakref.ref(m)
         return memoryview(m)
 
-    def _open_map(self) -> _Map:
+    def read(self, offset: int, n: int, writable: bool = False) -> bytes | bytearray:
+        """A private copy of ``n`` bytes from ``offset``, read without mapping the segment (so the reader's
+        memory grows by the copy only): ``bytes``, or a ``bytearray`` if ``writable``."""
+        fd, own = self._reader()
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            if not writable and n <= _MAX_READ:
+                data = os.pread(fd, n, offset)
+                if len(data) == n:
+                    return data
+            buf = bytearray(n)
+            view, pos = memoryview(buf), 0
+            while pos < n:
+                got = os.preadv(fd, [view[pos:pos + _MAX_READ]], offset + pos)
+                if got <= 0:
+                    raise OSError(f"shared memory segment {self.name} is shorter than expected")
+                pos += got
+            view.release()
+            return buf if writable else bytes(buf)
+        finally:
+            if own:
+                os.close(fd)
+
+    def _reader(self) -> tuple[int, bool]:
+        """A descriptor to read the segment through, and whether the caller closes it."""
+        try:
+            return os.open(self.path, os.O_RDONLY), True
         except OSError as exc:
             raise OSError(f"shared memory segment {self.name} is gone: {exc}") from exc
-        try:
-            return _map(self, fd)
-        finally:
-            os.close(fd)
 
     def __reduce__(self) -> tuple[Any, tuple[str, int]]:
         return (_segment, (self.name, self.size))
@@ -197,10 +224,10 @@ class Segment(_Segment):
         self._fd_box = [-1]
         weakref.finalize(self, table._released, name, size, self._fd_box)
 
-    def _open_map(self) -> _Map:
+    def _reader(self) -> tuple[int, bool]:
         if self._fd_box[0] >= 0:
-            return _map(self, self._fd_box[0])
-        return super()._open_map()
+            return self._fd_box[0], False
+        return super()._reader()
 
     def _pin(self) -> None:
         """Keep the data reachable once the name is unlinked (the table is closing)."""
@@ -235,10 +262,10 @@ class Borrowed(_Segment):
         else:
             weakref.finalize(self, _close_fd, self._fd)
 
-    def _open_map(self) -> _Map:
+    def _reader(self) -> tuple[int, bool]:
         if self._fd < 0:
             raise OSError(self.error)
-        return _map(self, self._fd)
+        return self._fd, False
 
 
 class Created(_Segment):
@@ -369,7 +396,9 @@ class SegmentTable(Creator):
         self.runtime_prefix = f"{NAME_HEAD}{pid}.{_starttime(pid) or 0}.{next(_serials)}."
         super().__init__(self.runtime_prefix + "p.")
         self._live: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
-        self._lock = threading.Lock()
+        # Re-entrant: a segment's finalizer (_released) may run on this thread at any allocation made while
+        # the lock is held.
+        self._lock = threading.RLock()
         self.bytes = 0
         self.count = 0
         self.created = 0
