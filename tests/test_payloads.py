@@ -1,6 +1,6 @@
 """Large payloads through shared memory, and their lifetimes (issue 13).
 
-Buffers of 256 KiB and more (bytes, bytearray, memoryview, numpy arrays) travel out of band: written once into
+Buffers of 128 KiB and more (bytes, bytearray, memoryview, numpy arrays) travel out of band: written once into
 a shared memory segment (a file in /dev/shm named ``procflow.<parent pid>.<start time>.<runtime>....``) and
 mapped by whoever reads them. These tests check that what arrives is right (type, value, read-only views for
 arrays), that small payloads stay in the pipes, and that no segment outlives what refers to it, however a

@@ -54,11 +54,13 @@ from actors.host import Packed
 
 from runtime.wire import segments as shm
 
-# Buffers this large or larger go out of band (shared memory) when the codec can: below it, the copies
-# through the pipes cost less than a segment's fixed cost (create, adopt, map, unlink). Chosen by
-# measurement (perf/bench.py ``payload``; perf/README.md): override with PROCFLOW_OOB_THRESHOLD. The pickler
-# streams a payload to its file as a separate object only from 64 KiB on, so that is the lowest it can be.
-OOB_THRESHOLD = max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", 256 << 10)))
+# Buffers this large or larger go out of band (shared memory) when the codec can. Chosen by measurement
+# (perf/threshold.py, table in perf/README.md): a def step -> def step hop is faster out of band from ~96 KB
+# for bytes and from ~192 KB for numpy arrays (their receiver maps the segment), and from 128 KB the
+# supervisor thread spends less per hop, since it no longer copies the payload through both pipes. Override
+# with PROCFLOW_OOB_THRESHOLD (read when a process starts). The pickler streams a payload to its file as a
+# separate object only from 64 KiB on, so that is the lowest it can be.
+OOB_THRESHOLD = max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", 128 << 10)))
 
 
 class _ByValue(Exception):
