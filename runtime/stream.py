@@ -89,7 +89,11 @@ class EventStream:
         self._spill: _Spill | None = None
         self._decode = decode
         self._closed = False
-        self._cond = threading.Condition()
+        # The hot paths take the plain lock (a C call); blocking readers wait on a Condition over it, and are
+        # notified only when some are waiting (``_sync_waiting``): a put costs no Python-level notify.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._sync_waiting = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # --- writing (supervisor thread) ---------------------------------------------------------------------
@@ -102,7 +106,7 @@ class EventStream:
         self._append(_Packed(packed), payload_size(packed) if packed.buffers else len(packed.data))
 
     def _append(self, item: Any, size: int) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             if self._spill is not None and self._spill.count:
@@ -117,12 +121,15 @@ class EventStream:
             self._wake_locked()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._wake_locked()
 
     def _wake_locked(self) -> None:
-        self._cond.notify_all()
+        if self._sync_waiting:
+            self._cond.notify_all()
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
             try:
@@ -152,9 +159,14 @@ class EventStream:
 
     def get(self, timeout: float | None = None) -> Any:
         """The next event, or ``END``; raises TimeoutError when nothing came within ``timeout``."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):
-                raise TimeoutError(f"no event within {timeout} s")
+        with self._lock:
+            if not (self._items or self._closed or self._available()):
+                self._sync_waiting += 1
+                try:
+                    if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):
+                        raise TimeoutError(f"no event within {timeout} s")
+                finally:
+                    self._sync_waiting -= 1
             item = self._take_locked()
         return self._finish(item)
 
@@ -162,7 +174,11 @@ class EventStream:
         """The next event, or ``END``, on whatever loop awaits it."""
         loop = asyncio.get_running_loop()
         while True:
-            with self._cond:
+            with self._lock:
+                if self._items:  # the common case, inline
+                    item, size = self._items.popleft()
+                    self._bytes -= size
+                    break
                 if self._available() or self._closed:
                     item = self._take_locked()
                     break
@@ -173,7 +189,7 @@ class EventStream:
 
     def buffered_bytes(self) -> int:
         """Bytes of events waiting in memory (not counting what spilled to disk)."""
-        with self._cond:
+        with self._lock:
             return self._bytes
 
     def __del__(self) -> None:

@@ -253,6 +253,7 @@ class Codec:
         self.local_definitions: dict[int, bytes] = {}
         self.forgotten: list[int] = []  # local keys whose class died here, for the parent to forget
         self._local_ids = itertools.count(1)
+        self._tls = threading.local()
         codec = self
 
         class FastPickler(pickle.Pickler):
@@ -340,24 +341,36 @@ class Codec:
     # --- bytes ---------------------------------------------------------------------------------------
     def dumps(self, obj: Any) -> bytes:
         """``obj`` pickled in band (no segments, no local keys)."""
-        return self._dump(obj, None, None).getvalue()
+        return self._dump(obj, None, None)[0]
 
-    def _dump(self, obj: Any, threshold: int | None, local: set[int] | None) -> _Out:
-        out = _Out(threshold)
-        try:
+    def _dump(self, obj: Any, threshold: int | None, local: set[int] | None) -> tuple[bytes, list[Any]]:
+        """``(pickle, out-of-band buffers)``. The fast pickler and its file are kept per thread and reused
+        (making them costs about as much as pickling a small event); a nested or failed use makes fresh ones."""
+        pair = self._tls.__dict__.pop("pair", None)
+        if pair is None:
+            out = _Out(threshold)
             p = self._fast(out, protocol=pickle.HIGHEST_PROTOCOL)
-            p.local = local
+        else:
+            out, p = pair
+            out.parts, out.buffers, out.threshold = [], [], threshold
+        p.local = local
+        try:
             p.dump(obj)
-            return out
         except _ByValue:
             pass
         except (pickle.PicklingError, TypeError, AttributeError):
             pass  # stdlib refused (a lambda, a local class instance): cloudpickle may not
+        else:
+            result = out.getvalue(), out.buffers
+            out.parts, out.buffers = [], []
+            p.clear_memo()
+            self._tls.pair = (out, p)
+            return result
         if local is not None:
             local.clear()
         out = _Out(threshold)
         self._value(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-        return out
+        return out.getvalue(), out.buffers
 
     def loads(self, data: bytes | memoryview, buffers: tuple[Any, ...] = (),
               classes: tuple[Any, ...] = ()) -> Any:
@@ -390,19 +403,20 @@ class Codec:
 
     def _pack(self, obj: Any, local_classes: bool) -> Packed:
         cls = type(obj)
-        name, key = cls.__qualname__, _KEY_OF.get(cls, 0)
+        route = _ROUTE.get(id(cls))
+        key = route if type(route) is int else _KEY_OF.get(cls, 0)
         sink = self.segments
         local: set[int] | None = set() if local_classes else None
-        out = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local)
+        data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local)
         classes = tuple(sorted(local)) if local else ()
-        if not out.buffers:
-            return Packed(name, out.getvalue(), key, (), classes)
+        if not buffers:
+            return Packed(cls.__qualname__, data, key, (), classes)
         try:
-            slices = self._place(sink, out.buffers)  # type: ignore[arg-type]
+            slices = self._place(sink, buffers)  # type: ignore[arg-type]
         except OSError:
             # No room in /dev/shm (or no descriptors): in band after all.
-            return Packed(name, self._dump(obj, None, local).getvalue(), key, (), classes)
-        return Packed(name, out.getvalue(), key, tuple(slices), classes)
+            return Packed(cls.__qualname__, self._dump(obj, None, local)[0], key, (), classes)
+        return Packed(cls.__qualname__, data, key, tuple(slices), classes)
 
     def _place(self, sink: shm.Creator, buffers: list[tuple[Any, int]]) -> list[shm.Slice]:
         """A slice for every out-of-band buffer: where it already lives (a view of a mapped segment), else

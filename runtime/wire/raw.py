@@ -34,6 +34,9 @@ def publish_parts(inv: int, packed: Packed, definitions: Iterable[tuple[int, byt
                   ) -> tuple[list[bytes], int]:
     """The parts of a raw Publish frame (and their total size). Marks the segments it names as handed over."""
     name = packed.type_name.encode()
+    if not packed.classes and not packed.buffers:  # the common case
+        head = _PUB.pack(PUBLISH, inv, packed.type_key, len(name), 0, 0, 0)
+        return [head, name, packed.data], len(head) + len(name) + len(packed.data)
     defs = list(definitions)
     bufs = list(packed.buffers)
     parts: list[Any] = [_PUB.pack(PUBLISH, inv, packed.type_key, len(name), len(packed.classes), len(defs),
@@ -54,6 +57,9 @@ def parse_publish(payload: bytes, classes: dict[int, ClassEntry]) -> Publish:
     ``classes`` (kept as bytes: nothing is unpickled here) and adopts the segments it names."""
     _, inv, key, name_len, n_used, n_defs, n_bufs = _PUB.unpack_from(payload, 0)
     pos = _PUB.size
+    if not (n_used or n_defs or n_bufs):  # the common case
+        end = pos + name_len
+        return Publish(inv, Packed(payload[pos:end].decode(), payload[end:], key))
     used = []
     for _ in range(n_used):
         used.append(_KEY.unpack_from(payload, pos)[0])

@@ -118,6 +118,10 @@ class WorkerMailbox(PipeInbox):
 
     def _publish(self, msg: Publish) -> None:
         packed, codec = msg.event, self._codec
+        if not packed.classes and not codec.forgotten:  # the common case: nothing to decide under the lock
+            parts, size = raw.publish_parts(msg.inv, packed, ())
+            self._writer.write_parts(parts, size)
+            return
         with self._writer.lock:  # the definitions go with the first frame the parent reads that uses them
             fresh = [(k, codec.local_definitions[k]) for k in packed.classes if k not in self._classes_sent]
             self._classes_sent.update(k for k, _ in fresh)
