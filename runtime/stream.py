@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
-import tempfile
 import threading
 from collections import deque
 from typing import IO, Any, Callable
@@ -53,6 +52,8 @@ class _Spill:
     """An append-only file of pickled items, read from the front."""
 
     def __init__(self) -> None:
+        import tempfile  # only a stream nobody reads needs it
+
         self.file: IO[bytes] = tempfile.TemporaryFile(prefix="procflow-stream-")
         self.write_pos = 0
         self.read_pos = 0

@@ -28,7 +28,6 @@ Without ``/dev/shm`` (not Linux) nothing goes out of band: payloads are pickled 
 from __future__ import annotations
 
 import bisect
-import ctypes
 import itertools
 import mmap
 import os
@@ -67,29 +66,40 @@ def _unlink(path: str, pid: int | None = None) -> bool:
 
 
 # --- the address of any buffer (to find a buffer that already lives in a mapped segment) -------------------
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+_api: Any = None  # (PyObject_GetBuffer, PyBuffer_Release, the Py_buffer struct): ctypes, loaded on first use
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
-_release_buffer.restype = None
+def _buffer_api() -> Any:
+    global _api
+    if _api is None:
+        import ctypes
+
+        class PyBuffer(ctypes.Structure):
+            _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                        ("internal", ctypes.c_void_p)]
+
+        get = ctypes.pythonapi.PyObject_GetBuffer
+        get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
+        get.restype = ctypes.c_int
+        release = ctypes.pythonapi.PyBuffer_Release
+        release.argtypes = [ctypes.POINTER(PyBuffer)]
+        release.restype = None
+        _api = (get, release, PyBuffer, ctypes.byref)
+    return _api
 
 
 def buffer_address(obj: Any) -> int:
     """The address of the first byte of ``obj``'s (contiguous) buffer."""
-    view = _PyBuffer()
-    _get_buffer(obj, ctypes.byref(view), 0)  # PyBUF_SIMPLE: raises BufferError if not contiguous
+    get, release, PyBuffer, byref = _buffer_api()
+    view = PyBuffer()
+    get(obj, byref(view), 0)  # PyBUF_SIMPLE: raises BufferError if not contiguous
     try:
         return view.buf or 0
     finally:
-        _release_buffer(ctypes.byref(view))
+        release(byref(view))
 
 
 class _Mapped:

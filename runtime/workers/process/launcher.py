@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Callable, Iterator
-
-import psutil
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime.pool.link import Launcher, WorkerLink
+
+if TYPE_CHECKING:
+    import psutil
 from runtime.wire.segments import SegmentTable, remove_orphans_once
 from runtime.workers.process.channel import Channel
 from runtime.workers.process.main import worker_main
@@ -133,6 +134,8 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
 
 
 def _identify(pid: int | None) -> psutil.Process | None:
+    import psutil  # imported when first needed: a worker process never needs it
+
     if pid is None:
         return None
     try:
@@ -166,6 +169,8 @@ class ProcessLink(WorkerLink):
         """Whether the process group numbered like the worker's pid is still the worker's. A group id is not
         given to a new group while a member lives, and a new group takes the id of its leader's pid: so the
         group is ours if the worker still is, or if no process has that pid now."""
+        import psutil
+
         if self._alive():
             return True
         try:
@@ -182,6 +187,8 @@ class ProcessLink(WorkerLink):
             self._signal_locked(sig)
 
     def _signal_locked(self, sig: int) -> None:
+        import psutil
+
         if self._alive():  # the descendants it has now (a dead parent hides its children later)
             with contextlib.suppress(psutil.Error):
                 self._descendants.update(self._process.children(recursive=True))  # type: ignore[union-attr]
@@ -195,6 +202,8 @@ class ProcessLink(WorkerLink):
 
     def stopped(self) -> bool:
         """Whether the worker is stopped (SIGSTOP, SIGTSTP): alive, but it can do nothing."""
+        import psutil
+
         try:
             return self._process is not None and self._process.status() == psutil.STATUS_STOPPED
         except psutil.Error:
