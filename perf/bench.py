@@ -507,8 +507,10 @@ def bench_bigchain(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
     for key, what in (("bytes keep=False", "bytes, small result"), ("bytes keep=True", "bytes, returned"),
                       ("numpy keep=True", "numpy, returned")):
         r = out[key]
+        # One copy: the returned payload is itself one copy in the parent; 1% over it is the bookkeeping
+        # around it (and RSS sampling granularity), not a second copy.
         rep.add(Row("bigchain", f"{label} ({what}): parent RSS peak growth", "MB", r["growth"] / 1e6,
-                    "one copy", size / 1e6, "<= 1 x", note=f"{what}: {r['seconds']:.2f} s end to end"))
+                    "one copy", size / 1e6, "<= 1.01 x", note=f"{what}: {r['seconds']:.2f} s end to end"))
 
 
 def bench_gap(rep: Report, rt: ProcessRuntime, quick: bool) -> None:

@@ -248,7 +248,7 @@ class Codec:
         # Where large buffers go (None: in band). A SegmentTable in the parent, a Creator in a worker.
         self.segments: shm.Creator | None = None
         # Local keys of classes shipped by value on the stream path (see the module docstring).
-        self._local_key_of: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+        self._local_by_id: dict[int, int] = {}
         self._local_refs: dict[int, weakref.ref[type]] = {}
         self.local_definitions: dict[int, bytes] = {}
         self.forgotten: list[int] = []  # local keys whose class died here, for the parent to forget
@@ -313,24 +313,27 @@ class Codec:
 
     def _local_key(self, cls: type) -> int:
         """The local key of a class shipped by value on the stream path; its definition is pickled once."""
-        key = self._local_key_of.get(cls)
+        key = self._local_by_id.get(id(cls))
         if key is not None:
             return key
         with self._lock:
-            key = self._local_key_of.get(cls)
+            key = self._local_by_id.get(id(cls))
             if key is not None:
                 return key
             buf = io.BytesIO()
             self._value(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(cls)
             key = next(self._local_ids)
             self.local_definitions[key] = buf.getvalue()
-            self._local_key_of[cls] = key
-            self._local_refs[key] = weakref.ref(cls, functools.partial(self._local_died, key))
+            # By id, with the entry removed by the class's weakref callback (which runs before the id can be
+            # given to another object).
+            self._local_refs[key] = weakref.ref(cls, functools.partial(self._local_died, key, id(cls)))
+            self._local_by_id[id(cls)] = key
             return key
 
-    def _local_died(self, key: int, _: object = None) -> None:
+    def _local_died(self, key: int, ident: int, _: object = None) -> None:
         # A weakref callback (any thread, any moment): only atomic steps. The definition stays until the
         # mailbox has told the parent (a payload packed just before may still need it).
+        self._local_by_id.pop(ident, None)
         self._local_refs.pop(key, None)
         self.forgotten.append(key)
 

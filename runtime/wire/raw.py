@@ -30,13 +30,29 @@ _BUF = struct.Struct("!HQQQ")  # name length, segment size, offset, bytes
 _COUNT = struct.Struct("!BI")  # tag, number
 
 
+_KEYS: dict[int, struct.Struct] = {}
+
+
+def _keys(n: int) -> struct.Struct:
+    """The layout of ``n`` class keys."""
+    layout = _KEYS.get(n)
+    if layout is None:
+        layout = _KEYS[n] = struct.Struct(f"!{n}I")
+    return layout
+
+
 def publish_parts(inv: int, packed: Packed, definitions: Iterable[tuple[int, bytes]]
                   ) -> tuple[list[bytes], int]:
     """The parts of a raw Publish frame (and their total size). Marks the segments it names as handed over."""
     name = packed.type_name.encode()
-    if not packed.classes and not packed.buffers:  # the common case
-        head = _PUB.pack(PUBLISH, inv, packed.type_key, len(name), 0, 0, 0)
-        return [head, name, packed.data], len(head) + len(name) + len(packed.data)
+    if not packed.buffers:
+        if not packed.classes:  # the common case
+            head = _PUB.pack(PUBLISH, inv, packed.type_key, len(name), 0, 0, 0)
+            return [head, name, packed.data], len(head) + len(name) + len(packed.data)
+        if not definitions:  # a local class the parent has already
+            head = (_PUB.pack(PUBLISH, inv, packed.type_key, len(name), len(packed.classes), 0, 0)
+                    + _keys(len(packed.classes)).pack(*packed.classes))
+            return [head, name, packed.data], len(head) + len(name) + len(packed.data)
     defs = list(definitions)
     bufs = list(packed.buffers)
     parts: list[Any] = [_PUB.pack(PUBLISH, inv, packed.type_key, len(name), len(packed.classes), len(defs),
@@ -57,9 +73,15 @@ def parse_publish(payload: bytes, classes: dict[int, ClassEntry]) -> Publish:
     ``classes`` (kept as bytes: nothing is unpickled here) and adopts the segments it names."""
     _, inv, key, name_len, n_used, n_defs, n_bufs = _PUB.unpack_from(payload, 0)
     pos = _PUB.size
-    if not (n_used or n_defs or n_bufs):  # the common case
+    if not (n_defs or n_bufs):  # the common cases: no local class, or only ones the table has
+        if not n_used:
+            end = pos + name_len
+            return Publish(inv, Packed(payload[pos:end].decode(), payload[end:], key))
+        keys = _keys(n_used)
+        entries = tuple([classes[k] for k in keys.unpack_from(payload, pos) if k in classes])
+        pos += keys.size
         end = pos + name_len
-        return Publish(inv, Packed(payload[pos:end].decode(), payload[end:], key))
+        return Publish(inv, Packed(payload[pos:end].decode(), payload[end:], key, (), entries))
     used = []
     for _ in range(n_used):
         used.append(_KEY.unpack_from(payload, pos)[0])
@@ -78,7 +100,7 @@ def parse_publish(payload: bytes, classes: dict[int, ClassEntry]) -> Publish:
         bufs.append((seg, off, n))
     name = payload[pos:pos + name_len].decode()
     pos += name_len
-    entries = tuple(classes[k] for k in used if k in classes)
+    entries = tuple([classes[k] for k in used if k in classes]) if used else ()
     return Publish(inv, Packed(name, payload[pos:], key, tuple(bufs), entries))
 
 

@@ -118,7 +118,9 @@ class WorkerMailbox(PipeInbox):
 
     def _publish(self, msg: Publish) -> None:
         packed, codec = msg.event, self._codec
-        if not packed.classes and not codec.forgotten:  # the common case: nothing to decide under the lock
+        if not codec.forgotten and (not packed.classes or self._classes_sent.issuperset(packed.classes)):
+            # The common case: no definition to send (any sent before is queued before this frame: it was
+            # queued under the writer's lock, which this frame's queuing takes too).
             parts, size = raw.publish_parts(msg.inv, packed, ())
             self._writer.write_parts(parts, size)
             return
