@@ -60,7 +60,14 @@ from runtime.wire import segments as shm
 # supervisor thread spends less per hop, since it no longer copies the payload through both pipes. Override
 # with PROCFLOW_OOB_THRESHOLD (read when a process starts). The pickler streams a payload to its file as a
 # separate object only from 64 KiB on, so that is the lowest it can be.
-OOB_THRESHOLD = max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", 128 << 10)))
+def _threshold(default: int = 128 << 10) -> int:
+    try:
+        return max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", default)))
+    except ValueError:
+        return default
+
+
+OOB_THRESHOLD = _threshold()
 
 
 class _ByValue(Exception):
