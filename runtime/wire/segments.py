@@ -1,9 +1,11 @@
 """Large buffers out of band: shared memory segments, files in ``/dev/shm`` named per runtime.
 
 A payload's large buffers (``bytes``, ``bytearray``, ``memoryview`` and anything pickled through a
-``PickleBuffer``, such as numpy arrays) are written once into a segment by whoever pickles it, travel as a
-name, offset and length inside the ``Packed``, and are mapped (read-only) by whoever unpickles it. The
-supervisor routes such a payload without reading or copying it.
+``PickleBuffer``, such as numpy arrays) are written once into a segment by whoever pickles it (``pwrite``:
+the writer never maps it), travel as a name, offset and length inside the ``Packed``, and are mapped
+read-only by whoever unpickles a view of them (a numpy array, a memoryview), or read into a private copy
+(``pread``: a ``bytes`` or ``bytearray`` owns its memory). The supervisor routes such a payload without
+reading or copying it.
 
     worker A pickles:  Created (A's name)  --Done/Emit/...-->  parent adopts it: Segment (owned, unlinked when
                        the last Packed, stream item, store value or mapped view referring to it goes)
@@ -22,7 +24,9 @@ segment is sent again without a copy: the parent refers to the same segment, a w
 name of its own (a name the parent may unlink meanwhile cannot be adopted again; a link to it fails instead,
 and the buffer is copied).
 
-Without ``/dev/shm`` (not Linux) nothing goes out of band: payloads are pickled in band, as before.
+Every mapping holds a file descriptor (``mmap`` keeps a duplicate), and so does a segment a worker has
+received until it lets go of it: a process keeping thousands of views alive at once needs as high a
+``RLIMIT_NOFILE``. Without ``/dev/shm`` (not Linux) nothing goes out of band: payloads are pickled in band.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import mmap
 import os
 import threading
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 SHM_DIR = "/dev/shm"
 AVAILABLE = os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
@@ -535,8 +539,3 @@ def remove_orphans() -> int:
         if not alive[key]:
             removed += _unlink(f"{SHM_DIR}/{name}")
     return removed
-
-
-def held(segments: Iterable[Any]) -> list[_Segment]:
-    """The segment handles among ``segments`` slices."""
-    return [s[0] for s in segments if isinstance(s, tuple)]
