@@ -472,3 +472,38 @@ def test_the_next_runtime_removes_segments_whose_parent_is_gone() -> None:
         assert not stale.exists()
     finally:
         stale.unlink(missing_ok=True)
+
+
+# --- class keys are per runtime ----------------------------------------------------------------------------
+class Reply(Event):
+    text: str
+
+
+class Replies(Workflow):
+    @step
+    async def start(self, ev: StartEvent) -> Reply:
+        return Reply(text="keyed by this workflow's definition")
+
+    @step
+    async def end(self, ev: Reply) -> StopEvent:
+        return StopEvent(result=ev.text)
+
+
+class WaitsForReply(Workflow):
+    """Names ``Reply`` in no signature: its workers learn no key for it."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        reply = await ctx.wait_for_event(Reply, waiter_event=Progress(chunk=b"", i=0))
+        return StopEvent(result=reply.text)
+
+
+def test_a_class_keyed_by_one_runtime_reaches_another_runtimes_workers_whole() -> None:
+    with ProcessRuntime(workers=1) as first:
+        assert Replies(runtime=first, timeout=30).run().result(30) == "keyed by this workflow's definition"
+    with ProcessRuntime(workers=1) as second:
+        handler = WaitsForReply(runtime=second, timeout=30).run()
+        for ev in handler.iter_events(timeout=30):
+            if isinstance(ev, Progress):
+                handler.send_event_sync(Reply(text="answered"))
+        assert handler.result(30) == "answered"

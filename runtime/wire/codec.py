@@ -4,9 +4,10 @@ buffers out of band.
 Event classes travel *once*: a workflow's definition (cloudpickled, so classes from ``__main__``, from inside
 a function or from a notebook work) carries a ``{key: class}`` table, and afterwards every event refers to
 its class by that small integer instead of by value (~6 KB and ~300 us per message with cloudpickle) or by a
-module path the worker might not be able to import. Keys are unique in a process (all its runtimes share
-one table); the picklers' ``reducer_override`` names a keyed class as ``_by_key(key)``, so the common case
-runs at C speed (no Python hook per object: ``reducer_override`` is not called for builtins).
+module path the worker might not be able to import. Keys are unique in a process (one counter; decoding goes
+through one table), but each codec pickles by key only the classes it keyed or registered itself; the
+picklers' ``reducer_override`` names a keyed class as ``_by_key(key)``, so the common case runs at C speed
+(no Python hook per object: ``reducer_override`` is not called for builtins).
 
 A class of ``__main__`` or a function's locals that no step names (an event only ever written to the stream)
 has no key. On the stream path (``pack(..., local_classes=True)``, used by the process worker's
@@ -93,43 +94,51 @@ def _needs_value(obj: Any) -> bool:
     return getattr(obj, "__module__", None) == "__main__" or "<locals>" in getattr(obj, "__qualname__", "")
 
 
-# --- class keys, shared by every codec of the process ----------------------------------------------------
-_KEY_OF: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+# --- class keys ------------------------------------------------------------------------------------------
+# Keys are unique in the process (one counter, one key -> class table for decoding: ``_by_key`` is a plain
+# module function), but each codec uses only the keys it assigned or registered itself when it pickles: a
+# runtime's workers know the keys of the definitions they loaded, not another runtime's.
 _CLS_OF: weakref.WeakValueDictionary[int, type] = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
 _KEY_LOCK = threading.Lock()
 _PLAIN, _VALUE = object(), object()
-# id(class or function) -> its key, _PLAIN (pickled as usual) or _VALUE: what reducer_override does with it.
-# An entry leaves with its object (a weakref callback, which runs before the id can be reused).
-_ROUTE: dict[int, Any] = {}
-_ROUTE_REFS: dict[int, weakref.ref[Any]] = {}
 
 
-def _route(obj: Any) -> Any:
-    ident = id(obj)
-    found = _ROUTE.get(ident)
-    if found is not None:
-        return found
-    key = _KEY_OF.get(obj) if isinstance(obj, type) else None
-    route = key if key is not None else (_VALUE if _needs_value(obj) else _PLAIN)
-    def gone(_: object, ident: int = ident) -> None:
-        _ROUTE.pop(ident, None)
-        _ROUTE_REFS.pop(ident, None)
+class _Routes:
+    """One codec's class keys, and what its picklers' ``reducer_override`` does with each class or function
+    it meets, by id: its key, ``_PLAIN`` (pickled as usual) or ``_VALUE``. An entry leaves with its object
+    (a weakref callback, which runs before the id can be reused)."""
 
-    try:
-        ref = weakref.ref(obj, gone)
-    except TypeError:
-        return route  # not weak-referenceable: not cached
-    _ROUTE_REFS[ident] = ref
-    _ROUTE[ident] = route
-    return route
+    def __init__(self) -> None:
+        self.key_of: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+        self.by_id: dict[int, Any] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
 
+    def route(self, obj: Any) -> Any:
+        ident = id(obj)
+        found = self.by_id.get(ident)
+        if found is not None:
+            return found
+        key = self.key_of.get(obj) if isinstance(obj, type) else None
+        route = key if key is not None else (_VALUE if _needs_value(obj) else _PLAIN)
+        by_id, refs = self.by_id, self._refs
 
-def _register(key: int, cls: type) -> None:
-    _KEY_OF[cls] = key
-    _CLS_OF[key] = cls
-    if id(cls) in _ROUTE:
-        _ROUTE[id(cls)] = key
+        def gone(_: object, ident: int = ident) -> None:
+            by_id.pop(ident, None)
+            refs.pop(ident, None)
+
+        try:
+            refs[ident] = weakref.ref(obj, gone)
+        except TypeError:
+            return route  # not weak-referenceable: not cached
+        by_id[ident] = route
+        return route
+
+    def register(self, key: int, cls: type) -> None:
+        self.key_of[cls] = key
+        _CLS_OF[key] = cls
+        if id(cls) in self.by_id:
+            self.by_id[id(cls)] = key
 
 
 def _by_key(key: int) -> type:
@@ -261,6 +270,7 @@ class Codec:
         self.forgotten: list[int] = []  # local keys whose class died here, for the parent to forget
         self._local_ids = itertools.count(1)
         self._tls = threading.local()
+        self._routes = routes = _Routes()
         codec = self
 
         class FastPickler(pickle.Pickler):
@@ -269,7 +279,7 @@ class Codec:
             def reducer_override(self, obj: Any) -> Any:
                 t = type(obj)
                 if t is types.FunctionType or isinstance(obj, type):
-                    route = _ROUTE.get(id(obj)) or _route(obj)
+                    route = routes.by_id.get(id(obj)) or routes.route(obj)
                     if route is _PLAIN:
                         return NotImplemented
                     if route is _VALUE:
@@ -286,7 +296,7 @@ class Codec:
         class ValuePickler(_DefinitionPickler):
             def reducer_override(self, obj: Any) -> Any:
                 if isinstance(obj, type):
-                    key = _KEY_OF.get(obj)
+                    key = routes.key_of.get(obj)
                     if key is not None:
                         return (_by_key, (key,))
                 elif type(obj) is memoryview:
@@ -305,10 +315,10 @@ class Codec:
     def key_for(self, cls: type) -> int:
         """The key of ``cls`` (assigned on first use; parent side)."""
         with _KEY_LOCK:
-            key = _KEY_OF.get(cls)
+            key = self._routes.key_of.get(cls)
             if key is None:
                 key = next(_KEYS)
-                _register(key, cls)
+                self._routes.register(key, cls)
             return key
 
     def class_of(self, key: int) -> type | None:
@@ -316,7 +326,7 @@ class Codec:
 
     def register(self, key: int, cls: type) -> None:
         with _KEY_LOCK:
-            _register(key, cls)
+            self._routes.register(key, cls)
 
     def _local_key(self, cls: type) -> int:
         """The local key of a class shipped by value on the stream path; its definition is pickled once."""
@@ -413,8 +423,8 @@ class Codec:
 
     def _pack(self, obj: Any, local_classes: bool) -> Packed:
         cls = type(obj)
-        route = _ROUTE.get(id(cls))
-        key = route if type(route) is int else _KEY_OF.get(cls, 0)
+        route = self._routes.by_id.get(id(cls))
+        key = route if type(route) is int else self._routes.key_of.get(cls, 0)
         sink = self.segments
         local: set[int] | None = set() if local_classes else None
         data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local)
