@@ -84,6 +84,30 @@ class Spin(Event):
     i: int
 
 
+class Blob(Event):
+    """A large payload and when its sender let go of it (time.monotonic: one clock for every process)."""
+
+    data: Any
+    t: float
+
+
+class Carry(Event):
+    data: Any
+    hops: int
+    keep: bool = False
+
+
+class Gap1(Event):
+    t: float
+    pid: int
+
+
+class Gap2(Event):
+    t: float
+    pid: int
+    gap: float
+
+
 # --- procflow workflows -------------------------------------------------------------------------------
 class Chain10(Workflow):
     """Ten trivial async steps in a line: per-hop overhead."""
@@ -167,6 +191,57 @@ class StreamDef(Workflow):
         for i in range(ev.count):
             ctx.write_event_to_stream(Tick(i=i))
         return StopEvent(result=ev.count)
+
+
+def touch(data: Any) -> None:
+    """Read one byte of every page of ``data`` (what using it costs at least: a view maps lazily)."""
+    view = memoryview(data).cast("B")
+    sum(view[::4096])
+
+
+class PayloadHop(Workflow):
+    """A def step hands a large payload to the next def step: from its return to the next one holding it."""
+
+    @step
+    def send(self, ev: StartEvent) -> Blob:
+        return Blob(data=ev.data, t=time.monotonic())
+
+    @step
+    def recv(self, ev: Blob) -> StopEvent:
+        touch(ev.data)
+        return StopEvent(result=time.monotonic() - ev.t)
+
+
+class BigChain(Workflow):
+    """A large payload through a chain of ``def`` steps (each hands it on unchanged)."""
+
+    @step
+    def first(self, ev: StartEvent) -> Carry:
+        return Carry(data=ev.data, hops=1, keep=ev.get("keep", False))
+
+    @step
+    def middle(self, ev: Carry) -> Carry | StopEvent:
+        if ev.hops < 3:
+            return Carry(data=ev.data, hops=ev.hops + 1, keep=ev.keep)
+        return StopEvent(result=ev.data if ev.keep else len(ev.data))
+
+
+class BackToBack(Workflow):
+    """Three trivial def steps in a line: the gap between one finishing and the next starting."""
+
+    @step
+    def a(self, ev: StartEvent) -> Gap1:
+        return Gap1(t=time.monotonic(), pid=os.getpid())
+
+    @step
+    def b(self, ev: Gap1) -> Gap2:
+        t = time.monotonic()
+        return Gap2(t=time.monotonic(), pid=os.getpid(), gap=t - ev.t, pid0=ev.pid)
+
+    @step
+    def c(self, ev: Gap2) -> StopEvent:
+        t = time.monotonic()
+        return StopEvent(result=(ev.gap, t - ev.t, {ev.pid0, ev.pid, os.getpid()}))
 
 
 def _ignore_sigterm_from_any_thread() -> None:
@@ -286,6 +361,20 @@ if LLAMA is not None:
             if done is None:
                 return None
             return LStopEvent(result=sum(d.value for d in done))
+
+    class LBlob(LEvent):
+        data: Any
+        t: float
+
+    class LPayloadHop(LWorkflow):
+        @lstep
+        def send(self, ev: LStartEvent) -> LBlob:
+            return LBlob(data=ev.data, t=time.monotonic())
+
+        @lstep
+        def recv(self, ev: LBlob) -> LStopEvent:
+            touch(ev.data)
+            return LStopEvent(result=time.monotonic() - ev.t)
 
     class LStreamAsync(LWorkflow):
         @lstep

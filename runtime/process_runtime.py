@@ -31,6 +31,10 @@ from runtime.process_adapter import ProcessRunAdapter
 from runtime.run.snapshot import seed
 from runtime.run.state import RunState
 from runtime.supervisor.supervisor import Supervisor, SupervisorState
+from runtime.wire import segments as shm
+from runtime.wire.segments import SegmentTable
+from runtime.workers.process.launcher import ProcessLauncher
+from runtime.workers.process.reaper import REAPER
 
 if TYPE_CHECKING:
     from actors import Context
@@ -65,6 +69,12 @@ class ProcessRuntime(Engine):
         if size < 1:
             raise ValueError(f"ProcessRuntime(workers={workers!r}): need at least one worker")
         self.workers = size
+        # Large payloads go through shared memory when the workers are local processes (another launcher,
+        # Ray's, brings its own transport); the table owns this runtime's segments.
+        self._segments: SegmentTable | None = None
+        if _launcher is None and shm.AVAILABLE:
+            self._segments = SegmentTable()
+            _launcher = ProcessLauncher(start_method, self._segments)
         self._sup = Supervisor(workers=size, start_method=start_method, kill_grace=kill_grace,
                                cancel_grace=cancel_grace,
                                max_restarts=max_restarts if max_restarts is not None else 5 * size,
@@ -78,6 +88,8 @@ class ProcessRuntime(Engine):
         # entry from one whose object died and whose id a new object took.
         self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed]] = {}
         self._dead_keys: collections.deque[int] = collections.deque()
+        if self._segments is not None:
+            self._sup.codec.segments = self._segments
         register(self)
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -88,6 +100,8 @@ class ProcessRuntime(Engine):
                 raise RuntimeBrokenError("this ProcessRuntime has been shut down; create a new one")
             if self._state is RuntimeState.NEW:
                 self._state = RuntimeState.STARTED
+                if self._segments is not None:
+                    REAPER.watch_segments(self._segments.runtime_prefix)
                 self._sup.start()
         if wait:
             self.wait_ready(timeout)
@@ -120,6 +134,9 @@ class ProcessRuntime(Engine):
         if not started:
             self._sup.state = SupervisorState.CLOSED
         self._sup.close(timeout)
+        if self._segments is not None:
+            self._segments.close()  # the workers are gone: every segment of this runtime goes
+            REAPER.forget_segments(self._segments.runtime_prefix)
 
     def _forked_away(self) -> None:
         """In a child of ``os.fork()``: this runtime's thread and workers are the parent's. It counts as
@@ -147,11 +164,19 @@ class ProcessRuntime(Engine):
                 self.wait_ready(10.0)
         return self._sup.call(lambda: [w.pid for w in self._sup.pool.live() if w.pid > 0]).result(10)
 
+    def _shared_memory(self) -> dict[str, int]:
+        """The segments large payloads occupy: ``segments``, ``bytes`` held now (by events, stream items,
+        store values or snapshots still referring to them), and ``created``/``adopted``/``unlinked`` so far."""
+        if self._segments is None:
+            return {"segments": 0, "bytes": 0, "created": 0, "adopted": 0, "unlinked": 0}
+        return dict(self._segments.stats())
+
     def stats(self) -> PoolStats:
         """A snapshot of the pool: workers starting, busy, idle and retiring, its limits, invocations waiting
         for a worker, runs not yet ended, failed launches and crashes (see ``runtime.PoolStats``)."""
         def take() -> PoolStats:
-            return dataclasses.replace(self._sup.pool.stats(), runs=len(self._sup.runs))
+            return dataclasses.replace(self._sup.pool.stats(), runs=len(self._sup.runs),
+                                       shared_memory=self._shared_memory())
 
         if self._state is not RuntimeState.STARTED or self._sup.in_loop_thread():
             return take()  # no loop to ask (not started, or shut down), or we are on it

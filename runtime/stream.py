@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
-import tempfile
 import threading
 from collections import deque
 from typing import IO, Any, Callable
+
+from runtime.wire.codec import materialize, payload_size
 
 END: Any = object()
 MEMORY_LIMIT = 32 << 20  # bytes of events held in memory per unread stream before spilling to disk
@@ -51,12 +52,16 @@ class _Spill:
     """An append-only file of pickled items, read from the front."""
 
     def __init__(self) -> None:
+        import tempfile  # only a stream nobody reads needs it
+
         self.file: IO[bytes] = tempfile.TemporaryFile(prefix="procflow-stream-")
         self.write_pos = 0
         self.read_pos = 0
         self.count = 0
 
     def append(self, item: Any) -> None:
+        if isinstance(item, _Packed) and item.payload.buffers:
+            item = _Packed(materialize(item.payload))  # on disk, not in shared memory
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         self.file.seek(self.write_pos)
         self.file.write(_LEN.pack(len(data)) + data)
@@ -85,7 +90,11 @@ class EventStream:
         self._spill: _Spill | None = None
         self._decode = decode
         self._closed = False
-        self._cond = threading.Condition()
+        # The hot paths take the plain lock (a C call); blocking readers wait on a Condition over it, and are
+        # notified only when some are waiting (``_sync_waiting``): a put costs no Python-level notify.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._sync_waiting = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # --- writing (supervisor thread) ---------------------------------------------------------------------
@@ -93,11 +102,12 @@ class EventStream:
         self._append(item, _SMALL)
 
     def put_packed(self, packed: Any) -> None:
-        """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it."""
-        self._append(_Packed(packed), len(packed.data))
+        """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it. Its out-of-band
+        buffers (shared memory) count towards the memory bound; spilled, they are copied to the file."""
+        self._append(_Packed(packed), payload_size(packed) if packed.buffers else len(packed.data))
 
     def _append(self, item: Any, size: int) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             if self._spill is not None and self._spill.count:
@@ -112,12 +122,15 @@ class EventStream:
             self._wake_locked()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._wake_locked()
 
     def _wake_locked(self) -> None:
-        self._cond.notify_all()
+        if self._sync_waiting:
+            self._cond.notify_all()
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
             try:
@@ -147,9 +160,14 @@ class EventStream:
 
     def get(self, timeout: float | None = None) -> Any:
         """The next event, or ``END``; raises TimeoutError when nothing came within ``timeout``."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):
-                raise TimeoutError(f"no event within {timeout} s")
+        with self._lock:
+            if not (self._items or self._closed or self._available()):
+                self._sync_waiting += 1
+                try:
+                    if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):
+                        raise TimeoutError(f"no event within {timeout} s")
+                finally:
+                    self._sync_waiting -= 1
             item = self._take_locked()
         return self._finish(item)
 
@@ -157,7 +175,11 @@ class EventStream:
         """The next event, or ``END``, on whatever loop awaits it."""
         loop = asyncio.get_running_loop()
         while True:
-            with self._cond:
+            with self._lock:
+                if self._items:  # the common case, inline
+                    item, size = self._items.popleft()
+                    self._bytes -= size
+                    break
                 if self._available() or self._closed:
                     item = self._take_locked()
                     break
@@ -168,7 +190,7 @@ class EventStream:
 
     def buffered_bytes(self) -> int:
         """Bytes of events waiting in memory (not counting what spilled to disk)."""
-        with self._cond:
+        with self._lock:
             return self._bytes
 
     def __del__(self) -> None:

@@ -34,6 +34,8 @@ class WorkerBackend:
 
     def _pack_event(self, event: Event, what: str) -> Any:
         try:
+            if what == "write_event_to_stream":
+                return self.host.mailbox.pack_stream(event)
             return self.host.mailbox.pack(event)
         except PayloadError as exc:
             raise PayloadError(f"step '{self.msg.step}': {what}({type(event).__name__}) cannot be "

@@ -40,6 +40,8 @@ class PoolStats:
     state: str = "open"
     shapes: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, int] = field(default_factory=dict)
+    # Large payloads in shared memory (ProcessRuntime): segments and bytes held now, created/adopted/unlinked.
+    shared_memory: dict[str, int] = field(default_factory=dict)
 
     @property
     def ready(self) -> int:

@@ -1,12 +1,31 @@
-"""Payload pickling: stdlib pickle on the fast path, cloudpickle where it must, event classes by key.
+"""Payload pickling: stdlib pickle on the fast path, cloudpickle where it must, event classes by key, large
+buffers out of band.
 
 Event classes travel *once*: a workflow's definition (cloudpickled, so classes from ``__main__``, from inside
 a function or from a notebook work) carries a ``{key: class}`` table, and afterwards every event refers to
-its class by that small integer (pickle's persistent ids) instead of by value (~6 KB and ~300 us per message
-with cloudpickle) or by a module path the worker might not be able to import.
+its class by that small integer instead of by value (~6 KB and ~300 us per message with cloudpickle) or by a
+module path the worker might not be able to import. Keys are unique in a process (one counter; decoding goes
+through one table), but each codec pickles by key only the classes it keyed or registered itself; the
+picklers' ``reducer_override`` names a keyed class as ``_by_key(key)``, so the common case runs at C speed
+(no Python hook per object: ``reducer_override`` is not called for builtins).
 
-Anything else defined in ``__main__`` or locally, and anything stdlib pickle refuses (lambdas), goes through
-cloudpickle by value.
+A class of ``__main__`` or a function's locals that no step names (an event only ever written to the stream)
+has no key. On the stream path (``pack(..., local_classes=True)``, used by the process worker's
+``write_event_to_stream``) the worker gives it a *local key* and cloudpickles its definition once
+(``local_definitions``); the frame that first uses the key carries the definition to the parent, which keeps
+it as bytes (``ClassEntry``) and unpickles it once, on the first reader's thread. Anything else defined in
+``__main__`` or locally, and anything stdlib pickle refuses (lambdas), goes through cloudpickle by value.
+
+Large buffers, out of band: the C pickler hands every bytes-like payload of 64 KiB or more (``bytes``,
+``bytearray``, ``PickleBuffer``: so numpy arrays; and ``memoryview``, pickled through one) straight to its
+file's ``write`` as the original object, right after a flush ending with that payload's opcode header. The
+codec's file (``_Out``) recognises that pair; when the codec has a segment writer (``runtime.wire.segments``)
+and the payload is at least ``OOB_THRESHOLD`` bytes, it replaces header and payload by a persistent id, and
+the buffer is written once into shared memory and travels as a slice in ``Packed.buffers``. On the way in,
+``bytes`` and ``bytearray`` are copied out of the segment (they own their memory); a ``memoryview`` and a
+``PickleBuffer`` (numpy arrays) arrive as READ-ONLY views of the shared segment, without a copy
+(``arr.copy()`` for a writable array). A buffer that already lives in a mapped segment is sent again
+without a copy.
 
 The key tables hold classes *weakly*, on both sides: an event class defined inside a function, per call, is
 released with the last workflow (definition) that uses it. In the parent its key dies with it and is never
@@ -16,9 +35,13 @@ definition (``DropWorkflow``) releases the classes no other loaded definition us
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
+import os
 import pickle
+import struct
+import sys
 import threading
 import types
 import weakref
@@ -29,6 +52,23 @@ from pydantic import BaseModel
 
 from actors import PayloadError
 from actors.host import Packed
+
+from runtime.wire import segments as shm
+
+# Buffers this large or larger go out of band (shared memory) when the codec can. Chosen by measurement
+# (perf/threshold.py, table in perf/README.md): a def step -> def step hop is faster out of band from ~96 KB
+# for bytes and from ~192 KB for numpy arrays (their receiver maps the segment), and from 128 KB the
+# supervisor thread spends less per hop, since it no longer copies the payload through both pipes. Override
+# with PROCFLOW_OOB_THRESHOLD (read when a process starts). The pickler streams a payload to its file as a
+# separate object only from 64 KiB on, so that is the lowest it can be.
+def _threshold(default: int = 128 << 10) -> int:
+    try:
+        return max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", default)))
+    except ValueError:
+        return default
+
+
+OOB_THRESHOLD = _threshold()
 
 
 class _ByValue(Exception):
@@ -58,87 +98,370 @@ def _needs_value(obj: Any) -> bool:
             or module in cloudpickle.list_registry_pickle_by_value())
 
 
-class Codec:
-    """Pickles payloads for one process; both ends hold the same ``key <-> class`` table."""
+# --- class keys ------------------------------------------------------------------------------------------
+# Keys are unique in the process (one counter, one key -> class table for decoding: ``_by_key`` is a plain
+# module function), but each codec uses only the keys it assigned or registered itself when it pickles: a
+# runtime's workers know the keys of the definitions they loaded, not another runtime's.
+_CLS_OF: weakref.WeakValueDictionary[int, type] = weakref.WeakValueDictionary()
+_KEYS = itertools.count(1)
+_KEY_LOCK = threading.Lock()
+_PLAIN, _VALUE = object(), object()
+
+
+class _Routes:
+    """One codec's class keys, and what its picklers' ``reducer_override`` does with each class or function
+    it meets, by id: its key, ``_PLAIN`` (pickled as usual) or ``_VALUE``. An entry leaves with its object
+    (a weakref callback, which runs before the id can be reused)."""
 
     def __init__(self) -> None:
-        self._key_of: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
-        self._cls_of: weakref.WeakValueDictionary[int, type] = weakref.WeakValueDictionary()
-        self._keys = itertools.count(1)
+        self.key_of: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+        self.by_id: dict[int, Any] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
+
+    def route(self, obj: Any) -> Any:
+        ident = id(obj)
+        found = self.by_id.get(ident)
+        if found is not None:
+            return found
+        key = self.key_of.get(obj) if isinstance(obj, type) else None
+        route = key if key is not None else (_VALUE if _needs_value(obj) else _PLAIN)
+        by_id, refs = self.by_id, self._refs
+
+        def gone(_: object, ident: int = ident) -> None:
+            by_id.pop(ident, None)
+            refs.pop(ident, None)
+
+        try:
+            refs[ident] = weakref.ref(obj, gone)
+        except TypeError:
+            return route  # not weak-referenceable: not cached
+        by_id[ident] = route
+        return route
+
+    def register(self, key: int, cls: type) -> None:
+        self.key_of[cls] = key
+        _CLS_OF[key] = cls
+        if id(cls) in self.by_id:
+            self.by_id[id(cls)] = key
+
+
+def _by_key(key: int) -> type:
+    """A class by its key (what a keyed class unpickles as)."""
+    try:
+        return _CLS_OF[key]
+    except KeyError:
+        raise pickle.UnpicklingError(f"unknown event class key {key}") from None
+
+
+_local = threading.local()
+
+
+def _by_local(key: int) -> type:
+    """A class a worker shipped under a local key: from the entries of the payload being unpickled."""
+    for entry in getattr(_local, "classes", ()):
+        if isinstance(entry, ClassEntry) and entry.key == key:
+            return entry.resolve()
+    raise pickle.UnpicklingError(f"unknown local class key {key}")
+
+
+def _memoryview(data: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(data)
+    try:
+        return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return view  # an exotic format: the bytes
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    data: Any = pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
+    return (_memoryview, (data, view.format, view.shape))
+
+
+class ClassEntry:
+    """A class a worker shipped once by value under a local key (parent side): its cloudpickled definition,
+    unpickled by the first reader that needs it (never on the supervisor thread)."""
+
+    __slots__ = ("key", "definition", "_cls", "_lock")
+
+    def __init__(self, key: int, definition: bytes) -> None:
+        self.key, self.definition = key, definition
+        self._cls: type | None = None
         self._lock = threading.Lock()
+
+    def resolve(self) -> type:
+        cls = self._cls
+        if cls is None:
+            with self._lock:
+                if self._cls is None:
+                    self._cls = pickle.loads(self.definition)
+                cls = self._cls
+        return cls  # type: ignore[return-value]
+
+    def __reduce__(self) -> tuple[Any, tuple[int, bytes]]:
+        return (ClassEntry, (self.key, self.definition))
+
+
+# --- the pickler's file: where large buffers leave the pickle ---------------------------------------------
+_PID = struct.Struct("<ci")  # BININT, the persistent id; then BINPERSID
+_VIEW, _BYTES, _BYTEARRAY = 0, 1, 2
+
+
+def _header(n: int, writable: bool) -> bytes:
+    """The opcode header the C pickler writes before a large payload of ``n`` bytes (protocol 5)."""
+    if writable:
+        return b"\x96" + n.to_bytes(8, "little")  # BYTEARRAY8
+    if n <= 0xFFFFFFFF:
+        return b"B" + n.to_bytes(4, "little")  # BINBYTES
+    return b"\x8e" + n.to_bytes(8, "little")  # BINBYTES8
+
+
+class _Out:
+    """The file a payload is pickled into; takes large buffers out of the pickle (see the module docstring).
+
+    ``buffers`` collects ``(object, kind)``; the pickle refers to buffer ``i`` of kind ``k`` by the persistent
+    id ``4 * i + k``."""
+
+    __slots__ = ("parts", "buffers", "threshold")
+
+    def __init__(self, threshold: int | None) -> None:
+        self.parts: list[Any] = []
+        self.buffers: list[tuple[Any, int]] = []
+        self.threshold = threshold  # None: nothing leaves
+
+    def write(self, data: Any) -> None:
+        parts = self.parts
+        if self.threshold is not None and parts:
+            t = type(data)
+            if t is bytes:
+                # A flush of the pickler's own buffer is a fresh object only the pickler refers to; a payload
+                # is the caller's (referred to from its container as well).
+                if len(data) >= self.threshold and sys.getrefcount(data) > 3:
+                    if self._take(data, len(data), False, _BYTES):
+                        return
+            elif t is bytearray or t is pickle.PickleBuffer:
+                view = memoryview(data)
+                if view.nbytes >= self.threshold:
+                    kind = _BYTEARRAY if t is bytearray else _VIEW
+                    if self._take(data, view.nbytes, not view.readonly, kind):
+                        return
+        parts.append(data)
+
+    def _take(self, data: Any, n: int, writable: bool, kind: int) -> bool:
+        head = _header(n, writable)
+        last = self.parts[-1]
+        if not (type(last) is bytes and last.endswith(head)):
+            return False
+        self.parts[-1] = last[:-len(head)]
+        self.parts.append(_PID.pack(b"J", 4 * len(self.buffers) + kind) + b"Q")
+        self.buffers.append((data, kind))
+        return True
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class Codec:
+    """Pickles payloads for one process; both ends know the same ``key <-> class`` table (process-wide)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Where large buffers go (None: in band). A SegmentTable in the parent, a Creator in a worker.
+        self.segments: shm.Creator | None = None
+        # Local keys of classes shipped by value on the stream path (see the module docstring).
+        self._local_by_id: dict[int, int] = {}
+        self._local_refs: dict[int, weakref.ref[type]] = {}
+        self.local_definitions: dict[int, bytes] = {}
+        self.forgotten: list[int] = []  # local keys whose class died here, for the parent to forget
+        self._local_ids = itertools.count(1)
+        self._tls = threading.local()
+        self._routes = routes = _Routes()
         codec = self
 
         class FastPickler(pickle.Pickler):
-            def persistent_id(self, obj: Any) -> Any:
-                if isinstance(obj, (type, types.FunctionType)):
-                    key = codec._key_of.get(obj)  # type: ignore[arg-type]
-                    if key is not None:
-                        return key
-                    if _needs_value(obj):
+            local: set[int] | None = None
+
+            def reducer_override(self, obj: Any) -> Any:
+                t = type(obj)
+                if t is types.FunctionType or isinstance(obj, type):
+                    route = routes.by_id.get(id(obj)) or routes.route(obj)
+                    if route is _PLAIN:
+                        return NotImplemented
+                    if route is _VALUE:
+                        if self.local is not None and t is not types.FunctionType:
+                            key = codec._local_key(obj)
+                            self.local.add(key)
+                            return (_by_local, (key,))
                         raise _ByValue
-                return None
+                    return (_by_key, (route,))
+                if t is memoryview:
+                    return _reduce_memoryview(obj)
+                return NotImplemented
 
         class ValuePickler(_DefinitionPickler):
-            def persistent_id(self, obj: Any) -> Any:
+            def reducer_override(self, obj: Any) -> Any:
                 if isinstance(obj, type):
-                    return codec._key_of.get(obj)
-                return None
+                    key = routes.key_of.get(obj)
+                    if key is not None:
+                        return (_by_key, (key,))
+                elif type(obj) is memoryview:
+                    return _reduce_memoryview(obj)
+                return super().reducer_override(obj)
 
-        class KeyUnpickler(pickle.Unpickler):
+        class BufferUnpickler(pickle.Unpickler):
+            buffers: tuple[Any, ...] = ()
+
             def persistent_load(self, pid: Any) -> Any:
-                try:
-                    return codec._cls_of[pid]
-                except KeyError:
-                    raise pickle.UnpicklingError(f"unknown event class key {pid}") from None
+                return _buffer(self.buffers[pid >> 2], pid & 3)
 
-        self._fast, self._value, self._unpickler = FastPickler, ValuePickler, KeyUnpickler
+        self._fast, self._value, self._unpickler = FastPickler, ValuePickler, BufferUnpickler
 
     # --- keys ----------------------------------------------------------------------------------------
     def key_for(self, cls: type) -> int:
         """The key of ``cls`` (assigned on first use; parent side)."""
-        with self._lock:
-            key = self._key_of.get(cls)
+        with _KEY_LOCK:
+            key = self._routes.key_of.get(cls)
             if key is None:
-                key = next(self._keys)
-                self.register(key, cls)
+                key = next(_KEYS)
+                self._routes.register(key, cls)
             return key
 
     def class_of(self, key: int) -> type | None:
-        return self._cls_of.get(key)
+        return _CLS_OF.get(key)
 
     def register(self, key: int, cls: type) -> None:
-        self._key_of[cls] = key
-        self._cls_of[key] = cls
+        with _KEY_LOCK:
+            self._routes.register(key, cls)
+
+    def _local_key(self, cls: type) -> int:
+        """The local key of a class shipped by value on the stream path; its definition is pickled once."""
+        key = self._local_by_id.get(id(cls))
+        if key is not None:
+            return key
+        with self._lock:
+            key = self._local_by_id.get(id(cls))
+            if key is not None:
+                return key
+            buf = io.BytesIO()
+            self._value(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(cls)
+            key = next(self._local_ids)
+            self.local_definitions[key] = buf.getvalue()
+            # By id, with the entry removed by the class's weakref callback (which runs before the id can be
+            # given to another object).
+            self._local_refs[key] = weakref.ref(cls, functools.partial(self._local_died, key, id(cls)))
+            self._local_by_id[id(cls)] = key
+            return key
+
+    def _local_died(self, key: int, ident: int, _: object = None) -> None:
+        # A weakref callback (any thread, any moment): only atomic steps. The definition stays until the
+        # mailbox has told the parent (a payload packed just before may still need it).
+        self._local_by_id.pop(ident, None)
+        self._local_refs.pop(key, None)
+        self.forgotten.append(key)
+
+    def forget_local(self, key: int) -> None:
+        """The parent was told that local key ``key`` is gone."""
+        self.local_definitions.pop(key, None)
 
     # --- bytes ---------------------------------------------------------------------------------------
     def dumps(self, obj: Any) -> bytes:
-        buf = io.BytesIO()
+        """``obj`` pickled in band (no segments, no local keys)."""
+        return self._dump(obj, None, None)[0]
+
+    def _dump(self, obj: Any, threshold: int | None, local: set[int] | None) -> tuple[bytes, list[Any]]:
+        """``(pickle, out-of-band buffers)``. The fast pickler and its file are kept per thread and reused
+        (making them costs about as much as pickling a small event); a nested or failed use makes fresh ones."""
+        pair = self._tls.__dict__.pop("pair", None)
+        if pair is None:
+            out = _Out(threshold)
+            p = self._fast(out, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            out, p = pair
+            out.parts, out.buffers, out.threshold = [], [], threshold
+        p.local = local
         try:
-            self._fast(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-            return buf.getvalue()
+            p.dump(obj)
         except _ByValue:
             pass
         except (pickle.PicklingError, TypeError, AttributeError):
             pass  # stdlib refused (a lambda, a local class instance): cloudpickle may not
-        buf = io.BytesIO()
-        self._value(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-        return buf.getvalue()
+        else:
+            result = out.getvalue(), out.buffers
+            out.parts, out.buffers = [], []
+            p.clear_memo()
+            self._tls.pair = (out, p)
+            return result
+        if local is not None:
+            local.clear()
+        out = _Out(threshold)
+        self._value(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return out.getvalue(), out.buffers
 
-    def loads(self, data: bytes) -> Any:
-        return self._unpickler(io.BytesIO(data)).load()
+    def loads(self, data: bytes | memoryview, buffers: tuple[Any, ...] = (),
+              classes: tuple[Any, ...] = ()) -> Any:
+        """Unpickle ``data`` whose out-of-band ``buffers`` are slices (or bytes) and whose local classes are
+        ``classes`` entries."""
+        if classes:
+            saved = getattr(_local, "classes", ())
+            _local.classes = classes
+            try:
+                return self._load(data, buffers)
+            finally:
+                _local.classes = saved
+        return self._load(data, buffers)
 
-    def pack(self, obj: Any) -> Packed:
-        """Pickle ``obj``; any failure is a ``PayloadError`` naming the type."""
+    def _load(self, data: bytes | memoryview, buffers: tuple[Any, ...]) -> Any:
+        if not buffers:
+            return pickle.loads(data)
+        u = self._unpickler(io.BytesIO(data))
+        u.buffers = buffers
+        return u.load()
+
+    def pack(self, obj: Any, local_classes: bool = False) -> Packed:
+        """Pickle ``obj``; any failure is a ``PayloadError`` naming the type. With ``local_classes`` (the
+        stream path of a process worker), a class that must travel by value gets a local key instead."""
         try:
-            return Packed(type(obj).__qualname__, self.dumps(obj), self._key_of.get(type(obj), 0))
+            return self._pack(obj, local_classes)
         except BaseException as exc:  # noqa: BLE001 -- as in unpack: user code runs while pickling
             raise PayloadError(f"{type(obj).__qualname__} cannot be pickled: "
                                f"{type(exc).__name__}: {exc}") from exc
 
+    def _pack(self, obj: Any, local_classes: bool) -> Packed:
+        cls = type(obj)
+        route = self._routes.by_id.get(id(cls))
+        key = route if type(route) is int else self._routes.key_of.get(cls, 0)
+        sink = self.segments
+        local: set[int] | None = set() if local_classes else None
+        data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local)
+        classes = tuple(sorted(local)) if local else ()
+        if not buffers:
+            return Packed(cls.__qualname__, data, key, (), classes)
+        try:
+            slices = self._place(sink, buffers)  # type: ignore[arg-type]
+        except OSError:
+            # No room in /dev/shm (or no descriptors): in band after all.
+            return Packed(cls.__qualname__, self._dump(obj, None, local)[0], key, (), classes)
+        return Packed(cls.__qualname__, data, key, tuple(slices), classes)
+
+    def _place(self, sink: shm.Creator, buffers: list[tuple[Any, int]]) -> list[shm.Slice]:
+        """A slice for every out-of-band buffer: where it already lives (a view of a mapped segment), else
+        in one new segment."""
+        slices: list[shm.Slice | None] = [None] * len(buffers)
+        fresh: list[int] = []
+        for i, (obj, kind) in enumerate(buffers):
+            found = sink.existing(obj, memoryview(obj).nbytes) if kind == _VIEW else None
+            if found is None:
+                fresh.append(i)
+            else:
+                slices[i] = found
+        if fresh:
+            for i, made in zip(fresh, sink.create([buffers[i][0] for i in fresh])):
+                slices[i] = made
+        return slices  # type: ignore[return-value]
+
     def unpack(self, packed: Packed) -> Any:
         """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
         try:
-            return self.loads(packed.data)
+            return self.loads(packed.data, packed.buffers, packed.classes)
         except BaseException as exc:  # noqa: BLE001 -- user code runs while unpickling: its SystemExit
             # must fail the payload, not stop the supervisor loop (nothing here waits on cancellation).
             raise PayloadError(f"{packed.type_name} cannot be unpickled: "
@@ -165,3 +488,32 @@ class Codec:
         for key, cls in table.items():
             self.register(key, cls)
         return workflow, spec
+
+
+def _buffer(entry: Any, kind: int) -> Any:
+    """An out-of-band buffer as its kind arrives: a read-only view of the segment (mapped), or a private
+    ``bytes``/``bytearray`` copy read from it (not mapped: the reader's memory grows by the copy only)."""
+    if type(entry) is tuple:
+        seg, off, n = entry
+        if kind == _VIEW:
+            return seg.view()[off:off + n]
+        return seg.read(off, n, writable=kind == _BYTEARRAY)
+    if kind == _BYTES:
+        return bytes(entry)
+    if kind == _BYTEARRAY:
+        return bytearray(entry)
+    return memoryview(entry).toreadonly()
+
+
+def payload_size(packed: Packed) -> int:
+    """Bytes a payload holds: its pickle and its out-of-band buffers."""
+    return len(packed.data) + sum(b[2] if type(b) is tuple else memoryview(b).nbytes for b in packed.buffers)
+
+
+def materialize(packed: Packed) -> Packed:
+    """The same payload with its out-of-band buffers copied into memory (no segment referred to): what a
+    stream spills to disk."""
+    if not packed.buffers:
+        return packed
+    copies = tuple(_buffer(b, _BYTES) for b in packed.buffers)
+    return Packed(packed.type_name, packed.data, packed.type_key, copies, packed.classes)

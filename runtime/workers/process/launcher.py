@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -34,11 +35,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Callable, Iterator
-
-import psutil
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime.pool.link import Launcher, WorkerLink
+
+if TYPE_CHECKING:
+    import psutil
+from runtime.wire.segments import SegmentTable, remove_orphans_once
 from runtime.workers.process.channel import Channel
 from runtime.workers.process.main import worker_main
 from runtime.workers.process.reaper import REAPER
@@ -95,9 +98,11 @@ class Launched:
     inbox: Connection
     outbox: Connection
     process: psutil.Process | None  # taken right after the start, while the pid surely named the worker
+    creator: int = 0  # the number its shared memory segments are named under (0: none)
 
 
-def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
+def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = None,
+                  creator: int = 0) -> Launched:
     """Start one worker; blocking (forkserver ~10 ms, spawn ~100 ms), so it runs in an executor thread.
 
     The child's ends of the pipes are closed here whatever happens; the parent's ends are handed to the
@@ -109,7 +114,8 @@ def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
         outbox_r, outbox_w = mp_ctx.Pipe(duplex=False)
         child_ends.callback(outbox_w.close)
         parent_ends.callback(outbox_r.close)
-        proc = mp_ctx.Process(target=worker_main, args=(inbox_r, outbox_w),  # type: ignore[attr-defined]
+        proc = mp_ctx.Process(target=worker_main,  # type: ignore[attr-defined]
+                              args=(inbox_r, outbox_w, segment_prefix),
                               name=f"procflow-worker-{index}", daemon=False)
         with _main_module_hidden():
             proc.start()
@@ -124,10 +130,12 @@ def spawn_process(mp_ctx: BaseContext, index: int) -> Launched:
                 log.warning("procflow: the reaper could not be started for worker pid %d: %r",
                             process.pid, exc)
         parent_ends.pop_all()
-    return Launched(proc, inbox_w, outbox_r, process)
+    return Launched(proc, inbox_w, outbox_r, process, creator)
 
 
 def _identify(pid: int | None) -> psutil.Process | None:
+    import psutil  # imported when first needed: a worker process never needs it
+
     if pid is None:
         return None
     try:
@@ -138,8 +146,9 @@ def _identify(pid: int | None) -> psutil.Process | None:
 
 class ProcessLink(WorkerLink):
     def __init__(self, loop: asyncio.AbstractEventLoop, launched: Launched, channel: Channel,
-                 on_death: Callable[[], None]) -> None:
+                 on_death: Callable[[], None], segments: SegmentTable | None = None) -> None:
         self.loop, self.proc, self.channel = loop, launched.proc, channel
+        self._segments, self._creator = segments, launched.creator
         self.pid = launched.proc.pid or -1
         self._process = launched.process
         self._descendants: set[psutil.Process] = set()  # psutil hashes a process by pid and start time
@@ -160,6 +169,8 @@ class ProcessLink(WorkerLink):
         """Whether the process group numbered like the worker's pid is still the worker's. A group id is not
         given to a new group while a member lives, and a new group takes the id of its leader's pid: so the
         group is ours if the worker still is, or if no process has that pid now."""
+        import psutil
+
         if self._alive():
             return True
         try:
@@ -176,6 +187,8 @@ class ProcessLink(WorkerLink):
             self._signal_locked(sig)
 
     def _signal_locked(self, sig: int) -> None:
+        import psutil
+
         if self._alive():  # the descendants it has now (a dead parent hides its children later)
             with contextlib.suppress(psutil.Error):
                 self._descendants.update(self._process.children(recursive=True))  # type: ignore[union-attr]
@@ -189,6 +202,8 @@ class ProcessLink(WorkerLink):
 
     def stopped(self) -> bool:
         """Whether the worker is stopped (SIGSTOP, SIGTSTP): alive, but it can do nothing."""
+        import psutil
+
         try:
             return self._process is not None and self._process.status() == psutil.STATUS_STOPPED
         except psutil.Error:
@@ -221,6 +236,9 @@ class ProcessLink(WorkerLink):
         self.signal(signal.SIGKILL)
         REAPER.forget(self.pid)  # and so do those it started in sessions of their own
         self.channel.close()
+        if self._segments is not None and self._creator:
+            # What it wrote and never handed over (it died mid-message, or its last frames were never read).
+            self._segments.forget_creator(self._creator)
         with contextlib.suppress(ValueError):
             self.proc.close()
 
@@ -256,13 +274,22 @@ if hasattr(os, "register_at_fork"):
 
 
 class ProcessLauncher(Launcher):
-    def __init__(self, start_method: str) -> None:
+    """Starts worker processes; with ``segments`` (the runtime's ``SegmentTable``), their large payloads go
+    through shared memory, each worker writing under a creator number of its own."""
+
+    def __init__(self, start_method: str, segments: SegmentTable | None = None) -> None:
         self.mp_ctx = make_context(start_method)
+        self.segments = segments
+        self._creators = itertools.count(1)
 
     def launch(self, index: int) -> Launched:
-        return spawn_process(self.mp_ctx, index)
+        if self.segments is None:
+            return spawn_process(self.mp_ctx, index)
+        remove_orphans_once()  # segments of procflow parents SIGKILLed before anything cleaned up
+        creator = next(self._creators)
+        return spawn_process(self.mp_ctx, index, self.segments.creator_prefix(creator), creator)
 
     def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
                on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
         channel = Channel(loop, launched.inbox, launched.outbox, on_message)
-        return ProcessLink(loop, launched, channel, on_death)
+        return ProcessLink(loop, launched, channel, on_death, self.segments)

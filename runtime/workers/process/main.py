@@ -21,10 +21,13 @@ from typing import Any
 import uvloop
 
 from actors.host import ActorHost
-from actors.host import Packed, Ready, Request
+from actors.host import Packed, Publish, Ready, Request
 
-from runtime.wire.framing import FrameReader, frame
+from runtime.wire import raw
+from runtime.wire import segments as shm
 from runtime.wire.codec import Codec
+from runtime.wire.framing import FrameReader
+from runtime.wire.writer import FrameWriter
 
 
 class PipeInbox:
@@ -46,7 +49,20 @@ class PipeInbox:
         frames = self._reader.read()
         if frames is None:
             raise EOFError("the inbox was closed: the supervisor is gone")
-        return [pickle.loads(f) for f in frames]
+        out: list[object] = []
+        held = 0
+        for f in frames:
+            if f[0] == raw.HELD:  # names segments: unpickling opens them; the parent waits for our word
+                held += 1
+                out.append(pickle.loads(memoryview(f)[1:]))
+            else:
+                out.append(pickle.loads(f))
+        if held:
+            self._opened(held)
+        return out
+
+    def _opened(self, frames: int) -> None:
+        """The segments named by ``frames`` held frames are open here (the parent may let go of them)."""
 
     def recv_wait(self) -> list[object]:
         while True:
@@ -56,6 +72,9 @@ class PipeInbox:
                 return msgs
 
     def pack(self, obj: Any) -> Packed:
+        return self._codec.pack(obj)
+
+    def pack_stream(self, obj: Any) -> Packed:
         return self._codec.pack(obj)
 
     def unpack(self, packed: Packed) -> Any:
@@ -68,53 +87,69 @@ class PipeInbox:
 class WorkerMailbox(PipeInbox):
     """The worker's ends of its inbox and outbox plus its codec.
 
-    Messages sent on the loop thread are framed into a buffer written once at the end of the loop
-    iteration (or when it passes 64 KiB), like the supervisor's side: a step streaming many events, or many
-    steps finishing together, cost one write. A ``Request`` is written at once (its sender waits for the
-    reply), after what is buffered. The step thread writes directly: its messages have no order to keep
-    with the loop thread's except its ``Done``, which the loop thread sends after the step returned.
+    Every message goes through one ``FrameWriter``: what the loop thread sends during one loop iteration
+    leaves in one write at its end (or once 64 KiB wait), like the supervisor's side, so a step streaming
+    many events, or many steps finishing together, cost one write. A ``Request`` goes at once (its sender
+    waits for the reply), and so does whatever the step thread sends, each after what is already queued.
+
+    ``Publish`` leaves as a raw frame (``runtime.wire.raw``): the event's pickle as it is, with the
+    definitions of the local classes it uses that the parent has not had yet. Large buffers go out of band
+    through shared memory segments named under ``segment_prefix``.
     """
 
-    def __init__(self, inbox: Connection, outbox: Connection) -> None:
+    def __init__(self, inbox: Connection, outbox: Connection, segment_prefix: str | None = None) -> None:
         super().__init__(inbox.fileno())
         self._inbox, self._outbox = inbox, outbox  # kept: the Connections own the fds
         self._out_fd = outbox.fileno()
-        self._send_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._buffer = bytearray()
-        self._flush_pending = False
+        self._writer = FrameWriter(self._write)
+        if segment_prefix and shm.AVAILABLE:
+            self._codec.segments = shm.Creator(segment_prefix)
+        self._classes_sent: set[int] = set()  # local class keys whose definition went to the parent
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Buffer the loop thread's sends on ``loop`` (called on that thread)."""
-        self._loop, self._loop_thread = loop, threading.get_ident()
+        """Coalesce the loop thread's sends on ``loop`` (called on that thread)."""
+        self._writer.bind(loop)
 
     def send(self, msg: object) -> None:
-        data = frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-        if self._loop is None or threading.get_ident() != self._loop_thread:
-            self._write(data)
+        if type(msg) is Publish:
+            self._publish(msg)
             return
-        self._buffer += data
-        if isinstance(msg, Request) or len(self._buffer) > 1 << 16:
-            self.flush()
-        elif not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self.flush)
+        self._writer.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), urgent=type(msg) is Request)
+
+    def _publish(self, msg: Publish) -> None:
+        packed, codec = msg.event, self._codec
+        if not codec.forgotten and (not packed.classes or self._classes_sent.issuperset(packed.classes)):
+            # The common case: no definition to send (any sent before is queued before this frame: it was
+            # queued under the writer's lock, which this frame's queuing takes too).
+            parts, size = raw.publish_parts(msg.inv, packed, ())
+            self._writer.write_parts(parts, size)
+            return
+        with self._writer.lock:  # the definitions go with the first frame the parent reads that uses them
+            fresh = [(k, codec.local_definitions[k]) for k in packed.classes if k not in self._classes_sent]
+            self._classes_sent.update(k for k, _ in fresh)
+            parts, size = raw.publish_parts(msg.inv, packed, fresh)
+            self._writer.write_parts(parts, size)
+            while codec.forgotten:  # classes that died here: the parent may drop their definitions
+                key = codec.forgotten.pop()
+                codec.forget_local(key)
+                if key in self._classes_sent:
+                    self._classes_sent.discard(key)
+                    self._writer.write(raw.count_frame(raw.FORGET, key))
+
+    def _opened(self, frames: int) -> None:
+        self._writer.write(raw.count_frame(raw.ACK, frames))
+
+    def pack_stream(self, obj: Any) -> Packed:
+        return self._codec.pack(obj, local_classes=True)
 
     def flush(self) -> None:
-        """Write what the loop thread buffered (loop thread only)."""
-        self._flush_pending = False
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            self._write(data)
+        """Write what the loop thread queued."""
+        self._writer.flush()
 
-    def _write(self, data: bytes) -> None:
-        # One lock for whole frames: the loop thread and the step thread both write here, and
-        # interleaved halves of two frames would corrupt the outbox.
-        with self._send_lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._out_fd, view):]
+    def _write(self, data: bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._out_fd, view):]
 
     def orphaned(self) -> None:
         die_with_group()
@@ -142,15 +177,15 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="procflow-parent-watch", daemon=True).start()
 
 
-def worker_main(inbox: Connection, outbox: Connection) -> None:
-    """Entry point of a worker process."""
+def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | None = None) -> None:
+    """Entry point of a worker process; large payloads go out of band under ``segment_prefix``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.setpgid(0, 0)
     except OSError:
         pass  # already a group leader, or not permitted: kills then reach this process only
     _exit_with_parent()
-    mailbox = WorkerMailbox(inbox, outbox)
+    mailbox = WorkerMailbox(inbox, outbox, segment_prefix)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = ActorHost(mailbox, loop)

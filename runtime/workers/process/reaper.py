@@ -9,9 +9,13 @@ group). The reaper covers both, from outside:
     every WALK_INTERVAL s the reaper walks /proc and remembers every descendant of every worker it was told
         about, by (pid, start time), even once it has been re-parented
     "- pid": that worker is closed; its remembered descendants still alive are killed
-    EOF (the parent died, or closed the pipe because it has no worker left): freeze every worker, its group
-        and every remembered descendant (SIGSTOP), walk again until no new process appears (frozen
-        processes cannot fork), then SIGKILL them all (SIGKILL ends stopped processes too), and exit
+    "s+ prefix" / "s- prefix": the parent's runtime owns the shared memory segments named /dev/shm/prefix*
+        (runtime.wire.segments) / no longer (it cleaned them up itself)
+    "q": the parent closes the pipe on purpose (no worker left): what follows is not a death
+    EOF (the parent died, or closed the pipe after "q"): freeze every worker, its group and every
+        remembered descendant (SIGSTOP), walk again until no new process appears (frozen processes cannot
+        fork), then SIGKILL them all (SIGKILL ends stopped processes too); if the parent died (no "q"),
+        unlink the segments of the prefixes it named; and exit
 
 It is started by ``subprocess`` (not by the forkserver, which it must outlive), in a session of its own (a
 Ctrl-C or a signal to the parent's group does not end it before it is needed), lazily on the first worker's
@@ -177,11 +181,33 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def unlink_prefixes(prefixes: Iterable[str], directory: str = "/dev/shm") -> int:
+    """Unlink every file of ``directory`` whose name starts with one of ``prefixes``; the count."""
+    heads = tuple(prefixes)
+    if not heads:
+        return 0
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(heads):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def serve(stdin_fd: int = 0) -> None:
     """The reaper's main loop (see the module docstring)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     watch = Watch()
+    prefixes: set[str] = set()
+    quitting = False
     buf = b""
     next_walk = time.monotonic()
     while True:
@@ -203,6 +229,12 @@ def serve(stdin_fd: int = 0) -> None:
                         watch.add(int(parts[1]), int(parts[2]))
                     elif len(parts) == 2 and parts[0] == b"-":
                         watch.closed(int(parts[1]))
+                    elif len(parts) == 2 and parts[0] == b"s+" and parts[1].startswith(b"procflow."):
+                        prefixes.add(parts[1].decode())
+                    elif len(parts) == 2 and parts[0] == b"s-":
+                        prefixes.discard(parts[1].decode())
+                    elif parts == [b"q"]:
+                        quitting = True
                 except ValueError:
                     pass  # not a line of ours
         if time.monotonic() >= next_walk:
@@ -210,6 +242,8 @@ def serve(stdin_fd: int = 0) -> None:
             next_walk = time.monotonic() + WALK_INTERVAL
     watch.walk()
     watch.everything()
+    if not quitting:  # the parent died: nobody else will unlink its segments (the workers are dead now)
+        unlink_prefixes(prefixes)
 
 
 # --- the parent's side ------------------------------------------------------------------------------------
@@ -224,6 +258,7 @@ class Reaper:
         self._proc: subprocess.Popen[bytes] | None = None
         self._fd = -1  # the pipe's write end
         self._workers: dict[int, int] = {}  # pid -> start time, told again to a reaper started again
+        self._prefixes: set[str] = set()  # shared memory prefixes, told again to a reaper started again
 
     def watch(self, pid: int) -> None:
         """Have the reaper end worker ``pid`` (and what it starts) if this process dies. Call it right after
@@ -244,6 +279,23 @@ class Reaper:
             self._write(f"- {pid}\n".encode())
             if not self._workers:
                 self._stop()
+
+    def watch_segments(self, prefix: str) -> None:
+        """Have the reaper unlink the shared memory segments named ``prefix*`` if this process dies (told
+        to the reaper running now, or to the next one started)."""
+        with self._lock:
+            if prefix not in self._prefixes:
+                self._prefixes.add(prefix)
+                if self._proc is not None:
+                    self._write(f"s+ {prefix}\n".encode())
+
+    def forget_segments(self, prefix: str) -> None:
+        """The runtime cleaned its segments up itself."""
+        with self._lock:
+            if prefix in self._prefixes:
+                self._prefixes.discard(prefix)
+                if self._proc is not None:
+                    self._write(f"s- {prefix}\n".encode())
 
     def pid(self) -> int | None:
         """The reaper's pid while it runs."""
@@ -275,11 +327,16 @@ class Reaper:
             raise
         finally:
             os.close(read_end)
-        os.write(self._fd, b"".join(f"+ {pid} {st}\n".encode() for pid, st in self._workers.items()))
+        os.write(self._fd, b"".join([f"+ {pid} {st}\n".encode() for pid, st in self._workers.items()]
+                                    + [f"s+ {prefix}\n".encode() for prefix in self._prefixes]))
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if self._fd >= 0:
+            try:
+                os.write(self._fd, b"q\n")  # on purpose: not a death (the segments stay)
+            except OSError:
+                pass
             os.close(self._fd)  # EOF: the reaper ends what it still watches (nothing) and exits
             self._fd = -1
         if proc is not None:
@@ -297,6 +354,7 @@ class Reaper:
             self._proc.returncode = 0  # not our child: nothing to wait for
             self._proc = None
         self._workers = {}
+        self._prefixes = set()
 
 
 REAPER = Reaper()
