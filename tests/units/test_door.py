@@ -63,6 +63,7 @@ def test_calls_racing_close_are_all_answered_with_a_result_or_runtime_broken_err
     stop = threading.Event()
 
     def caller() -> None:
+        # Calls until one is refused: after close() every call is, so each thread ends with "broken".
         while not stop.is_set():
             fut = door.call(lambda: "ok")
             try:
@@ -79,9 +80,9 @@ def test_calls_racing_close_are_all_answered_with_a_result_or_runtime_broken_err
         t.start()
     time.sleep(0.2)
     door.close(nothing, 5)
-    stop.set()
     for t in threads:
         t.join(15)
+    stop.set()  # only a safety net for the assertion below, should a thread still loop
     assert not any(t.is_alive() for t in threads)
     assert "HUNG" not in answered and answered.count("broken") == 8
     assert door.state is DoorState.CLOSED
