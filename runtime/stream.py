@@ -43,6 +43,19 @@ class _Packed:
         self.payload = payload
 
 
+class _Lazy:
+    """An event the runtime publishes about itself, built by the reader that takes it: ``fn(*args)``. The
+    supervisor thread only records the values (a tuple), and a stream nobody reads never builds it."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[Any, ...]:  # spilled to disk like any item (fn is a module-level function)
+        return (_Lazy, (self.fn, self.args))
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -101,6 +114,10 @@ class EventStream:
     def put(self, item: Any) -> None:
         self._append(item, _SMALL)
 
+    def put_lazy(self, fn: Callable[..., Any], *args: Any) -> None:
+        """An event ``fn(*args)`` builds, on the reader's thread, when a reader takes it."""
+        self._append(_Lazy(fn, args), _SMALL)
+
     def put_packed(self, packed: Any) -> None:
         """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it. Its out-of-band
         buffers (shared memory) count towards the memory bound; spilled, they are copied to the file."""
@@ -156,6 +173,8 @@ class EventStream:
         if isinstance(item, _Packed):
             assert self._decode is not None
             return self._decode(item.payload)
+        if isinstance(item, _Lazy):
+            return item.fn(*item.args)
         return item
 
     def get(self, timeout: float | None = None) -> Any:
