@@ -17,7 +17,8 @@ Step authors never need this package. It holds:
 
 from ..context import MISSING, ContextBackend, WaitRequest
 from ..decorators import StepSpec
-from ..workflow import WorkflowSpec, validate
+from ..validation import validate
+from ..workflow import WorkflowSpec
 from .backend import WorkerBackend
 from .hooks import bind_context, continues_from, follow_run, spec_of, validated_spec
 from .host import ActorHost
