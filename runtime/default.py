@@ -11,6 +11,7 @@ import multiprocessing.util  # noqa: F401 -- see _shutdown_all: its exit hook mu
 import os
 import threading
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,13 +62,18 @@ def _forget_after_fork() -> None:
 # atexit runs hooks last-registered first. multiprocessing's own hook joins every live child process, so
 # ours, which ends the workers, must be registered after it (hence the import above), or exit waits for
 # workers nobody will ever stop.
-@atexit.register
-def _shutdown_all() -> None:
-    for rt in list(_ALL):
+def shut_down_each(runtimes: Iterable[ProcessRuntime]) -> None:
+    """Shut each runtime down (at exit: briefly), whatever one of them does."""
+    for rt in list(runtimes):
         try:
             rt.shutdown(timeout=2.0)
         except Exception:  # noqa: BLE001 -- at exit, finish the others whatever one does
             pass
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    shut_down_each(_ALL)
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

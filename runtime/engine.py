@@ -70,11 +70,6 @@ class RunAdapter(ABC):
     def running_steps(self) -> concurrent.futures.Future[list[str]]:
         """The names of the steps with an invocation in progress."""
 
-    @abstractmethod
-    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
-                       ) -> list[Event] | None:
-        """``Context.collect_events`` for the caller's side of the run."""
-
 
 class Engine(ABC):
     """Something that runs workflows and hands out ``RunAdapter``s."""

@@ -132,12 +132,6 @@ class ProcessRunAdapter(RunAdapter):
         assert run is not None
         return self._sup.call(self._sup.running_steps, run)
 
-    def collect_events(self, event: Event, expected: list[type[Event]], buffer_id: str | None
-                       ) -> list[Event] | None:
-        result: list[Event] | None = self.store_call(
-            "collect", buffer_id or "_caller", event, expected).result()
-        return result
-
 
 def _fail_if_refused(door: concurrent.futures.Future[None], fut: PackedFuture) -> None:
     exc = door.exception()

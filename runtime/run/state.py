@@ -105,6 +105,7 @@ class Invocation:
     # Set once anything it did reached the run (an event routed, a stream item, a store write, a collect):
     # from then on it must never be run again from its start, or those effects would happen twice.
     visible: bool = False
+    need: Any = None  # the shape of worker its step asks for (a ResourceRequest), set when it is created
 
     @property
     def root(self) -> int:

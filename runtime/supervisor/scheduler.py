@@ -40,10 +40,6 @@ class Scheduler:
         self._fresh: list[Invocation] = []  # enqueued since the last pass (see schedule)
         self._ids = itertools.count(1)
 
-    def need(self, inv: Invocation) -> ResourceRequest:
-        """The shape of worker ``inv``'s step needs."""
-        return self.sup.pool.need(inv.run.wspec.steps[inv.step].placement)
-
     def skip_ids_past(self, used: int) -> None:
         """Restored lineage ids must not collide with new invocation ids."""
         self._ids = itertools.count(max(next(self._ids), used + 1))
@@ -66,7 +62,8 @@ class Scheduler:
         self.sup.invocations[inv.inv] = inv
         self.pending.append(inv)
         self._fresh.append(inv)
-        self.sup.pool.demand.add(self.need(inv), inv.is_async)
+        inv.need = self.sup.pool.need(spec.placement)  # once: enqueue, placement and release all use it
+        self.sup.pool.demand.add(inv.need, inv.is_async)
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
@@ -80,7 +77,7 @@ class Scheduler:
             inv = self.pending.popleft()
             if inv.finished:
                 continue
-            worker = pool.place(self.need(inv), inv.is_async, plan)
+            worker = pool.place(inv.need, inv.is_async, plan)
             if worker is None:
                 skipped.append(inv)
                 if not pool.has_room(plan):
@@ -100,7 +97,7 @@ class Scheduler:
 
     def unplaceable(self, need: ResourceRequest, reason: str) -> None:
         """No worker of ``need`` can start: the runs whose invocations wait for one fail, naming the step."""
-        for inv in [inv for inv in self.pending if not inv.finished and self.need(inv) == need]:
+        for inv in [inv for inv in self.pending if not inv.finished and inv.need == need]:
             run = inv.run
             if run.status.accepts_work:
                 error = WorkflowRuntimeError(
@@ -109,7 +106,7 @@ class Scheduler:
 
     def dispatch(self, inv: Invocation, worker: Worker) -> None:
         run = inv.run
-        self.sup.pool.demand.remove(self.need(inv), inv.is_async)
+        self.sup.pool.demand.remove(inv.need, inv.is_async)
         if run.wf_key not in worker.loaded:
             worker.loaded.add(run.wf_key)
             worker.send(LoadWorkflow(run.wf_key, run.definition))
@@ -130,7 +127,7 @@ class Scheduler:
         inv.finished = True
         worker, run = inv.worker, inv.run
         if worker is None:
-            self.sup.pool.demand.remove(self.need(inv), inv.is_async)
+            self.sup.pool.demand.remove(inv.need, inv.is_async)
         elif inv.is_async:
             worker.async_invs.discard(inv.inv)
         elif worker.sync_inv is inv:

@@ -26,6 +26,7 @@ import contextlib
 import weakref
 from typing import Any
 
+from runtime.default import shut_down_each
 from runtime.process_runtime import ProcessRuntime, RuntimeState
 from runtime.workers.ray.launcher import RayLauncher
 
@@ -138,8 +139,4 @@ _RAY_RUNTIMES: weakref.WeakSet[RayRuntime] = weakref.WeakSet()
 def _shutdown_ray_runtimes() -> None:
     # Registered after ``import ray`` (by launcher.py), so it runs before Ray's own atexit ray.shutdown
     # (atexit is LIFO): the workers are ended while Ray can still reach them.
-    for rt in list(_RAY_RUNTIMES):
-        try:
-            rt.shutdown(timeout=2.0)
-        except Exception:  # noqa: BLE001 -- at exit, finish the others whatever one does
-            pass
+    shut_down_each(_RAY_RUNTIMES)
