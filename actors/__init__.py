@@ -1,5 +1,12 @@
 """What a step author touches: events, ``@step``, ``@catch_error``, ``Workflow``, the step-side ``Context``, and
-errors. The modules mirror LlamaIndex Workflows' (``workflows.events`` is ``actors.events``, ...)."""
+errors. The modules mirror LlamaIndex Workflows' (``workflows.events`` is ``actors.events``, ...).
+
+Importing it first starts the engine's forkserver (``_launch.prewarm``), which then imports the worker's
+modules on another core while this process imports the rest; ``PROCFLOW_PREWARM=0`` turns that off."""
+
+from . import _launch
+
+_launch.prewarm()
 
 from .context import Context, Store
 from .errors import (

@@ -1,9 +1,11 @@
 """The one place where ``actors`` reaches up to the engine that runs workflows.
 
 ``actors`` knows nothing of the runtime or the handler (imports point handler -> runtime -> actors), yet
-``Workflow.run()`` must start a run and return a ``WorkflowHandler``. The entry point is named here as a
-string and imported on first use, as ``concurrent.futures`` resolves its lazy names. A test walks the imports
-and fails on any static arrow pointing up; this dynamic one is the documented exception.
+``Workflow.run()`` must start a run and return a ``WorkflowHandler``, and ``import actors`` starts the
+engine's forkserver early (a program's first result waits for it: ``runtime/workers/process/forkserver.py``).
+Both entry points are named here as strings and imported on use, as ``concurrent.futures`` resolves its lazy
+names. A test walks the imports and fails on any static arrow pointing up; these dynamic ones are the
+documented exception.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ if TYPE_CHECKING:
     from .workflow import Workflow
 
 ENTRY_POINT = "handler.launch:start_run"
+PREWARM = "runtime.workers.process.forkserver:start_early"
 _entry: Callable[..., Any] | None = None
+
+
+def prewarm() -> None:
+    """Start the engine's forkserver now, while the program goes on importing (called by ``import
+    actors``; the engine decides whether this process should, and never raises). Nothing happens if the
+    engine's packages are not importable (``actors`` used alone)."""
+    module, _, name = PREWARM.partition(":")
+    try:
+        start = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return
+    start()
 
 
 def start_run(workflow: Workflow, ctx: Context[Any] | None, start_event: StartEvent | None,

@@ -86,7 +86,8 @@ class ProcessRunAdapter(RunAdapter):
 
     def send_event(self, event: Event, step: str | None = None) -> concurrent.futures.Future[None]:
         spec_of(self.workflow).check_target(type(event), step)
-        packed = self._sup.codec.pack(event)
+        # class_keys is fixed before the run is handed over, and never changes: read here safely.
+        packed = self._sup.codec.pack(event, keys=self.run.class_keys if self.run is not None else None)
         return self._sup.call(self._sup.send_event, self.run_id, event, packed, step)
 
     def write_event_to_stream(self, event: Event) -> concurrent.futures.Future[None]:

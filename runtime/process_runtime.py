@@ -86,7 +86,7 @@ class ProcessRuntime(Engine):
         self._keys = itertools.count(1)
         # id(workflow) -> (the workflow, weakly; its key; its definition). The weak reference tells a live
         # entry from one whose object died and whose id a new object took.
-        self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed]] = {}
+        self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed, frozenset[int]]] = {}
         self._dead_keys: collections.deque[int] = collections.deque()
         if self._segments is not None:
             self._sup.codec.segments = self._segments
@@ -187,10 +187,10 @@ class ProcessRuntime(Engine):
                   run_id: str | None = None) -> RunAdapter:
         self.start()
         wspec = spec_of(workflow)
-        key, definition = self._workflow_key(workflow, wspec.event_types())
-        packed = self._sup.codec.pack(start_event) if start_event is not None else None
+        key, definition, class_keys = self._workflow_key(workflow, wspec.event_types())
+        packed = self._sup.codec.pack(start_event, keys=class_keys) if start_event is not None else None
         adapter = ProcessRunAdapter(self._sup, run_id or uuid.uuid4().hex, workflow)
-        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed, definition,
+        run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed, definition, class_keys,
                        store=new_state(wspec.state_type))
         adapter.run = run
         if ctx is not None:
@@ -207,21 +207,23 @@ class ProcessRuntime(Engine):
         begun.add_done_callback(adapter.begun)
         return adapter
 
-    def _workflow_key(self, workflow: Workflow, event_types: set[type]) -> tuple[int, Packed]:
-        """The key workers know this workflow object by, and its definition (cloudpickled once per
-        object; every run carries it, so no run can reach a worker before its definition does)."""
+    def _workflow_key(self, workflow: Workflow, event_types: set[type]
+                      ) -> tuple[int, Packed, frozenset[int]]:
+        """The key workers know this workflow object by, its definition (cloudpickled once per object;
+        every run carries it, so no run can reach a worker before its definition does) and the event class
+        keys its definition carries (its runs' payloads use no other)."""
         with self._lock:
             self._drop_dead_keys()
             known = self._workflow_keys.get(id(workflow))
             if known is not None and known[0]() is workflow:
-                return known[1], known[2]
+                return known[1], known[2], known[3]
             self._check_placement(workflow)
             key = next(self._keys)
-            definition = self._sup.codec.pack_definition(workflow, spec_of(workflow),
-                                                         event_types | {StartEvent})
-            self._workflow_keys[id(workflow)] = (weakref.ref(workflow), key, definition)
+            definition, class_keys = self._sup.codec.pack_definition(workflow, spec_of(workflow),
+                                                                     event_types | {StartEvent})
+            self._workflow_keys[id(workflow)] = (weakref.ref(workflow), key, definition, class_keys)
         weakref.finalize(workflow, self._forget, id(workflow), key)
-        return key, definition
+        return key, definition, class_keys
 
     def _check_placement(self, workflow: Workflow) -> None:
         """Refuse, at run(), a step asking for resources its workers can never hold (WorkflowValidationError

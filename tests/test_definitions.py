@@ -276,3 +276,109 @@ def test_local_pydantic_models_and_instances_survive_cloudpickle_into_another_in
                                        "e_is_event": True, "e_m": 2, "e_extra": "y", "roundtrip": 2}
     # In this process a round trip gives back the very same class (cloudpickle tracks it).
     assert cloudpickle.loads(cloudpickle.dumps(M)) is M
+
+
+# --- an event class keyed by one workflow's definition, met in another workflow's run ------------------
+# The parent gives each event class a key when a definition naming it is shipped; a worker knows the keys
+# of the definitions it loaded. A run's payloads must use only its own definition's keys: the worker that
+# reads them loaded that definition, not necessarily the one that keyed the class.
+class Answer(Event):
+    value: int
+
+
+class Carrier(Event):
+    inner: Any
+    made_on: int = 0
+
+
+class Pid(Event):
+    pid: int
+
+
+class NamesAnswer(Workflow):  # keys Answer: a step takes it
+    @step
+    async def ask(self, ev: StartEvent) -> Answer:
+        return Answer(value=os.getpid())
+
+    @step
+    async def take(self, ev: Answer) -> StopEvent:
+        return StopEvent(result=ev.value)
+
+
+class WaitsForAnswer(Workflow):  # names Answer in its code only
+    @step
+    async def wait(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        # The waiter event is published once the wait is registered: an answer sent after it is taken.
+        got = await ctx.wait_for_event(Answer, waiter_event=Pid(pid=os.getpid()))
+        return StopEvent(result=got.value * 2)
+
+
+class PassesAnswerOn(Workflow):  # an Answer inside an event of its own, from one step to the next
+    @step
+    async def make(self, ev: StartEvent) -> Carrier:
+        return Carrier(inner=Answer(value=ev.n), made_on=os.getpid())
+
+    @step
+    def use(self, ev: Carrier) -> StopEvent:
+        return StopEvent(result=(ev.inner.value + 1, ev.made_on, os.getpid()))
+
+
+def _waiters_answered(rt: ProcessRuntime, flow: type[Workflow], event: type[Event], factor: int,
+                      keyed_on: int) -> None:
+    """Batches of runs waiting for ``event``, each answered by the caller, until one waited on a worker other
+    than ``keyed_on`` (the only one that loaded the definition keying the class); every result must be
+    right."""
+    for _ in range(6):
+        handles = [flow(runtime=rt, timeout=60).run() for _ in range(8)]
+        pids = [next(ev.pid for ev in h.iter_events(timeout=60) if isinstance(ev, Pid)) for h in handles]
+        for i, h in enumerate(handles):
+            h.send_event_sync(event(value=i))
+        assert [h.result(60) for h in handles] == [factor * i for i in range(8)]
+        if set(pids) - {keyed_on}:
+            return
+    pytest.fail("no run waited on the worker that never loaded the keying workflow")
+
+
+@pytest.mark.timeout(120)
+def test_an_event_class_keyed_by_another_workflow_reaches_a_waiter_on_any_worker() -> None:
+    with ProcessRuntime(workers=2) as rt:
+        keyed_on = NamesAnswer(runtime=rt).run().result(60)  # that worker knows Answer's key; not the other
+        _waiters_answered(rt, WaitsForAnswer, Answer, 2, keyed_on)
+
+
+@pytest.mark.timeout(120)
+def test_an_event_class_keyed_by_another_workflow_passes_between_workers_inside_an_event() -> None:
+    with ProcessRuntime(workers=2) as rt:
+        keyed_on = NamesAnswer(runtime=rt).run().result(60)
+        for _ in range(6):
+            handles = [PassesAnswerOn(runtime=rt, timeout=60).run(n=n) for n in range(16)]
+            results = [h.result(60) for h in handles]
+            assert [r for r, _, _ in results] == [n + 1 for n in range(16)]
+            if [made for _, made, used in results if made == keyed_on and used != keyed_on]:
+                return
+        pytest.fail("no Carrier went from the worker that keyed Answer to the other one")
+
+
+@pytest.mark.timeout(120)
+def test_a_local_event_class_keyed_by_another_workflow_reaches_a_waiter_on_any_worker() -> None:
+    class Local(Event):  # travels by value: no worker can import it
+        value: int
+
+    class NamesLocal(Workflow):
+        @step
+        async def ask(self, ev: StartEvent) -> Local:
+            return Local(value=os.getpid())
+
+        @step
+        async def take(self, ev: Local) -> StopEvent:
+            return StopEvent(result=ev.value)
+
+    class WaitsForLocal(Workflow):
+        @step
+        async def wait(self, ctx: Context, ev: StartEvent) -> StopEvent:
+            got = await ctx.wait_for_event(Local, waiter_event=Pid(pid=os.getpid()))
+            return StopEvent(result=got.value * 3)
+
+    with ProcessRuntime(workers=2) as rt:
+        keyed_on = NamesLocal(runtime=rt).run().result(60)
+        _waiters_answered(rt, WaitsForLocal, Local, 3, keyed_on)

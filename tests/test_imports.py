@@ -89,9 +89,9 @@ def test_the_only_dynamic_arrow_up_is_the_documented_late_binding() -> None:
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_all_is_sorted_and_names_exactly_the_public_attributes(name: str) -> None:
-    package = importlib.import_module(name)
-    public = sorted(member for member, value in vars(package).items()
-                    if not member.startswith("_") and not isinstance(value, types.ModuleType))
+    package = importlib.import_module(name)  # dir(): a package may resolve its names lazily (PEP 562)
+    public = sorted(member for member in dir(package)
+                    if not member.startswith("_") and not isinstance(getattr(package, member), types.ModuleType))
     assert package.__all__ == sorted(package.__all__)
     assert package.__all__ == public
     for member in package.__all__:

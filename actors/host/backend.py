@@ -36,7 +36,7 @@ class WorkerBackend:
         try:
             if what == "write_event_to_stream":
                 return self.host.mailbox.pack_stream(event)
-            return self.host.mailbox.pack(event)
+            return self.host.mailbox.pack(event, self.host.class_keys.get(self.msg.workflow))
         except PayloadError as exc:
             raise PayloadError(f"step '{self.msg.step}': {what}({type(event).__name__}) cannot be "
                                f"pickled: {exc}") from exc

@@ -66,6 +66,10 @@ class ActorHost:
         self.loop = loop
         self.pid = os.getpid()
         self.workflows: dict[int, tuple[Workflow, WorkflowSpec]] = {}
+        # Per workflow key: the event class keys its definition carries. What a step sends on to other
+        # workers (results, sent events) is packed with these only: another worker of the run loaded this
+        # definition, not necessarily the others this worker holds.
+        self.class_keys: dict[int, frozenset[int]] = {}
         self.tasks: dict[int, asyncio.Task[object]] = {}
         self.step_thread = ThreadPoolExecutor(1, thread_name_prefix="procflow-step")
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
@@ -166,13 +170,16 @@ class ActorHost:
                     running.cancel()
         elif isinstance(msg, LoadWorkflow):
             try:
-                self.workflows[msg.key] = self.mailbox.load_definition(msg.definition)
+                workflow, wspec, keys = self.mailbox.load_definition(msg.definition)
+                self.workflows[msg.key] = (workflow, wspec)
+                self.class_keys[msg.key] = keys
             except Exception as exc:  # reported by every invocation of this workflow
                 self.load_errors[msg.key] = exc
         elif isinstance(msg, DropWorkflow):
             # The event classes it registered go with it unless another definition uses them (the codec
             # holds classes weakly).
             self.workflows.pop(msg.key, None)
+            self.class_keys.pop(msg.key, None)
             self.load_errors.pop(msg.key, None)
         elif isinstance(msg, Shutdown):
             self.loop.stop()
@@ -289,7 +296,7 @@ class ActorHost:
             raise WorkflowRuntimeError(
                 f"step '{msg.step}' returned {type(result).__name__}, not an Event or None")
         try:
-            return Done(msg.inv, self.mailbox.pack(result))
+            return Done(msg.inv, self.mailbox.pack(result, self.class_keys.get(msg.workflow)))
         except PayloadError as exc:
             raise PayloadError(f"step '{msg.step}' returned {type(result).__name__}, which cannot be "
                                f"pickled to leave worker {self.pid}: {exc}") from exc

@@ -226,8 +226,9 @@ class Mailbox(Protocol):
         """The supervisor is gone: end this worker and whatever its steps started. Does not return."""
         ...
 
-    def pack(self, obj: Any) -> Packed:
-        """Pickle ``obj``; raises ``PayloadError`` when it cannot be pickled."""
+    def pack(self, obj: Any, keys: frozenset[int] | None = None) -> Packed:
+        """Pickle ``obj``; raises ``PayloadError`` when it cannot be pickled. ``keys``: the event class keys
+        its receivers know (those of the run's definition, from ``load_definition``; None: the parent's)."""
         ...
 
     def pack_stream(self, obj: Any) -> Packed:
@@ -240,5 +241,6 @@ class Mailbox(Protocol):
         ...
 
     def load_definition(self, packed: Packed) -> Any:
-        """Unpickle a ``LoadWorkflow`` definition, ``(workflow, spec)``, and register its event classes."""
+        """Unpickle a ``LoadWorkflow`` definition, ``(workflow, spec, keys)``, and register its event classes
+        (``keys``, what its runs' payloads are packed with)."""
         ...

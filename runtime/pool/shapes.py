@@ -17,8 +17,6 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
-import psutil
-
 from actors import WorkflowValidationError
 
 if TYPE_CHECKING:
@@ -94,6 +92,8 @@ def check_fits_machine(workflow: str, step: str, request: ResourceRequest) -> No
     if (request.num_cpus or 0) > cpus:
         raise WorkflowValidationError(
             f"{where} asks for num_cpus={request.num_cpus:g}, but this machine has {cpus} CPU(s)")
+    import psutil  # when first needed: the first run of a program does not wait for its import
+
     total = psutil.virtual_memory().total
     if (request.memory or 0) > total:
         raise WorkflowValidationError(

@@ -83,7 +83,8 @@ def seed(run: RunState, img: SnapshotImage, codec: Codec) -> None:
     if not img.resumes:
         return
     run.resumes = True
-    pack = codec.pack
+    def pack(obj: Any) -> Packed:
+        return codec.pack(obj, keys=run.class_keys)
 
     def answers(resumed: list[tuple[str, Any]]) -> tuple[tuple[str, Packed], ...]:
         return tuple((wid, pack(answer)) for wid, answer in resumed)

@@ -163,6 +163,9 @@ class RunState:
     # The workflow's definition travels with every run, so a worker can always be given it: no run can
     # reach a worker before its definition does, whatever order racing first runs arrive in.
     definition: Packed
+    # The event class keys the definition carries: every payload of the run that a worker may read is
+    # packed with these only (a worker knows the keys of the definitions it loaded, not every one).
+    class_keys: frozenset[int]
     status: RunStatus = RunStatus.PENDING
     store: Any = field(default_factory=DictState)  # a DictState, or the workflow's Context[State] model
     buffers: CollectBuffers = field(default_factory=CollectBuffers)

@@ -124,7 +124,7 @@ class Failures:
             failed = StepFailedEvent(
                 step_name=inv.step, input_event=self.sup.codec.unpack(inv.event), exception=exc,
                 attempts=inv.attempt, elapsed_seconds=elapsed, failed_at=datetime.now(timezone.utc))
-            packed = self.sup.codec.pack(failed)
+            packed = self.sup.codec.pack(failed, keys=run.class_keys)
         except Exception as err:  # noqa: BLE001 -- the run fails with the step's error, the reason logged
             log.warning("procflow: step '%s' of run %s failed and its @catch_error handler '%s' cannot be "
                         "given the failure: %s", inv.step, run.run_id, handler, safe_text(err))

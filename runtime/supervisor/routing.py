@@ -65,7 +65,7 @@ class Router:
         del waiters[(w.lineage, w.waiter_id)]
         error = WorkflowTimeoutError(f"step '{w.step}': wait_for_event({w.event_type.__name__}) got no "
                                      f"matching event within {w.timeout} s")
-        self.wake(run, w, self.sup.codec.pack(error))
+        self.wake(run, w, self.sup.codec.pack(error, keys=run.class_keys))
         self.sup.scheduler.schedule()
 
     def register(self, run: RunState, inv: Invocation, msg: Suspended) -> None:

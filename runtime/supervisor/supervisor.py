@@ -320,7 +320,7 @@ class Supervisor:
         ``reply`` returns False when its asker is gone (a caller that stopped waiting)."""
         def answer(ok: bool, value: Any) -> bool:
             try:
-                packed = self.codec.pack(value)
+                packed = self.codec.pack(value, keys=run.class_keys)
             except Exception as exc:  # noqa: BLE001 -- the asker gets the reason
                 ok, packed = False, self.codec.pack(WorkflowRuntimeError(f"store.{op}: {safe_text(exc)}"))
             return reply(ok, packed)

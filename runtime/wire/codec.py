@@ -279,6 +279,7 @@ class Codec:
 
         class FastPickler(pickle.Pickler):
             local: set[int] | None = None
+            keys: frozenset[int] | None = None  # the keys the receivers know (None: all of this codec's)
 
             def reducer_override(self, obj: Any) -> Any:
                 t = type(obj)
@@ -292,16 +293,23 @@ class Codec:
                             self.local.add(key)
                             return (_by_local, (key,))
                         raise _ByValue
+                    if self.keys is not None and route not in self.keys:
+                        # Keyed by another definition than the receivers': by reference, or by value.
+                        if _needs_value(obj):
+                            raise _ByValue
+                        return NotImplemented
                     return (_by_key, (route,))
                 if t is memoryview:
                     return _reduce_memoryview(obj)
                 return NotImplemented
 
         class ValuePickler(_DefinitionPickler):
+            keys: frozenset[int] | None = None
+
             def reducer_override(self, obj: Any) -> Any:
                 if isinstance(obj, type):
                     key = routes.key_of.get(obj)
-                    if key is not None:
+                    if key is not None and (self.keys is None or key in self.keys):
                         return (_by_key, (key,))
                 elif type(obj) is memoryview:
                     return _reduce_memoryview(obj)
@@ -365,9 +373,10 @@ class Codec:
     # --- bytes ---------------------------------------------------------------------------------------
     def dumps(self, obj: Any) -> bytes:
         """``obj`` pickled in band (no segments, no local keys)."""
-        return self._dump(obj, None, None)[0]
+        return self._dump(obj, None, None, None)[0]
 
-    def _dump(self, obj: Any, threshold: int | None, local: set[int] | None) -> tuple[bytes, list[Any]]:
+    def _dump(self, obj: Any, threshold: int | None, local: set[int] | None,
+              keys: frozenset[int] | None) -> tuple[bytes, list[Any]]:
         """``(pickle, out-of-band buffers)``. The fast pickler and its file are kept per thread and reused
         (making them costs about as much as pickling a small event); a nested or failed use makes fresh ones."""
         pair = self._tls.__dict__.pop("pair", None)
@@ -377,7 +386,7 @@ class Codec:
         else:
             out, p = pair
             out.parts, out.buffers, out.threshold = [], [], threshold
-        p.local = local
+        p.local, p.keys = local, keys
         try:
             p.dump(obj)
         except _ByValue:
@@ -393,7 +402,9 @@ class Codec:
         if local is not None:
             local.clear()
         out = _Out(threshold)
-        self._value(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        vp = self._value(out, protocol=pickle.HIGHEST_PROTOCOL)
+        vp.keys = keys
+        vp.dump(obj)
         return out.getvalue(), out.buffers
 
     def loads(self, data: bytes | memoryview, buffers: tuple[Any, ...] = (),
@@ -416,22 +427,25 @@ class Codec:
         u.buffers = buffers
         return u.load()
 
-    def pack(self, obj: Any, local_classes: bool = False) -> Packed:
+    def pack(self, obj: Any, local_classes: bool = False, keys: frozenset[int] | None = None) -> Packed:
         """Pickle ``obj``; any failure is a ``PayloadError`` naming the type. With ``local_classes`` (the
-        stream path of a process worker), a class that must travel by value gets a local key instead."""
+        stream path of a process worker), a class that must travel by value gets a local key instead.
+        ``keys``: the class keys every receiver knows (a run's payloads: its definition's, see
+        ``load_definition``); a class keyed otherwise goes by reference, or by value. None: every key this
+        codec knows (what only the parent reads)."""
         try:
-            return self._pack(obj, local_classes)
+            return self._pack(obj, local_classes, keys)
         except BaseException as exc:  # noqa: BLE001 -- as in unpack: user code runs while pickling
             raise PayloadError(f"{type(obj).__qualname__} cannot be pickled: "
                                f"{type(exc).__name__}: {exc}") from exc
 
-    def _pack(self, obj: Any, local_classes: bool) -> Packed:
+    def _pack(self, obj: Any, local_classes: bool, keys: frozenset[int] | None) -> Packed:
         cls = type(obj)
         route = self._routes.by_id.get(id(cls))
         key = route if type(route) is int else self._routes.key_of.get(cls, 0)
         sink = self.segments
         local: set[int] | None = set() if local_classes else None
-        data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local)
+        data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local, keys)
         classes = tuple(sorted(local)) if local else ()
         if not buffers:
             return Packed(cls.__qualname__, data, key, (), classes)
@@ -439,7 +453,7 @@ class Codec:
             slices = self._place(sink, buffers)  # type: ignore[arg-type]
         except OSError:
             # No room in /dev/shm (or no descriptors): in band after all.
-            return Packed(cls.__qualname__, self._dump(obj, None, local)[0], key, (), classes)
+            return Packed(cls.__qualname__, self._dump(obj, None, local, keys)[0], key, (), classes)
         return Packed(cls.__qualname__, data, key, tuple(slices), classes)
 
     def _place(self, sink: shm.Creator, buffers: list[tuple[Any, int]]) -> list[shm.Slice]:
@@ -468,26 +482,30 @@ class Codec:
                                f"{type(exc).__name__}: {exc}") from exc
 
     # --- workflow definitions ------------------------------------------------------------------------
-    def pack_definition(self, workflow: Any, spec: Any, event_types: set[type]) -> Packed:
+    def pack_definition(self, workflow: Any, spec: Any, event_types: set[type]
+                        ) -> tuple[Packed, frozenset[int]]:
         """Cloudpickle a workflow instance with its spec (read here, where the annotations resolve: a worker
-        may lack the names they mention) and the key table of its event classes."""
+        may lack the names they mention) and the key table of its event classes; with the table's keys, the
+        only ones its runs' payloads may use (``pack(keys=...)``)."""
         table = {self.key_for(t): t for t in event_types}
         buf = io.BytesIO()
         try:
             _DefinitionPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump((workflow, spec, table))
-            return Packed(type(workflow).__qualname__, buf.getvalue())
+            return Packed(type(workflow).__qualname__, buf.getvalue()), frozenset(table)
         except Exception as exc:
             raise PayloadError(
                 f"workflow {type(workflow).__qualname__} cannot be shipped to worker processes: "
                 f"{type(exc).__name__}: {exc}. Keep unpicklable resources (clients, locks) out of the "
                 "workflow's attributes, or create them inside the steps") from exc
 
-    def load_definition(self, packed: Packed) -> tuple[Any, Any]:
-        """``(workflow, spec)`` from ``pack_definition``; registers the event class keys."""
+    def load_definition(self, packed: Packed) -> tuple[Any, Any, frozenset[int]]:
+        """``(workflow, spec, keys)`` from ``pack_definition``; registers the event class keys. ``keys`` is
+        what to ``pack`` this workflow's runs' payloads with: a worker may have loaded other definitions,
+        whose keys the other workers of the run may not know."""
         workflow, spec, table = cloudpickle.loads(packed.data)
         for key, cls in table.items():
             self.register(key, cls)
-        return workflow, spec
+        return workflow, spec, frozenset(table)
 
 
 def _buffer(entry: Any, kind: int) -> Any:

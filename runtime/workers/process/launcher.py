@@ -43,12 +43,12 @@ if TYPE_CHECKING:
     import psutil
 from runtime.wire.segments import SegmentTable, remove_orphans_once
 from runtime.workers.process.channel import Channel
+from runtime.workers.process.forkserver import FromParent, prepare
 from runtime.workers.process.main import worker_main
 from runtime.workers.process.reaper import REAPER
 
 log = logging.getLogger("procflow")
 
-PRELOAD = ["actors", "runtime.workers.process.main"]
 FROZEN_CHECK = 0.5  # seconds between checks that a worker is not stopped
 
 
@@ -86,7 +86,7 @@ def make_context(start_method: str) -> BaseContext:
                          "(fork is unsafe from a parent with threads and a running loop)")
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        ctx.set_forkserver_preload(PRELOAD)
+        prepare(ctx)
     return ctx
 
 
@@ -107,6 +107,7 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
 
     The child's ends of the pipes are closed here whatever happens; the parent's ends are handed to the
     caller once the worker started, and closed here if anything fails before."""
+    _fill_closed_stdio()
     with contextlib.ExitStack() as child_ends, contextlib.ExitStack() as parent_ends:
         inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
         child_ends.callback(inbox_r.close)
@@ -115,7 +116,7 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
         child_ends.callback(outbox_w.close)
         parent_ends.callback(outbox_r.close)
         proc = mp_ctx.Process(target=worker_main,  # type: ignore[attr-defined]
-                              args=(inbox_r, outbox_w, segment_prefix),
+                              args=(inbox_r, outbox_w, segment_prefix, FromParent()),
                               name=f"procflow-worker-{index}", daemon=False)
         with _main_module_hidden():
             proc.start()
@@ -131,6 +132,20 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
                             process.pid, exc)
         parent_ends.pop_all()
     return Launched(proc, inbox_w, outbox_r, process, creator)
+
+
+def _fill_closed_stdio() -> None:
+    """A program that closed fd 0, 1 or 2 would have the next pipe take its number: the worker would then
+    find its pipe where its stdout should be, and uvloop refuses to close fds 0-2 (it aborts the process).
+    A closed standard fd gets ``/dev/null`` instead (a program that restores it later is not hindered)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _identify(pid: int | None) -> psutil.Process | None:
@@ -247,11 +262,9 @@ _STARTED: weakref.WeakSet[BaseProcess] = weakref.WeakSet()  # the workers this p
 
 
 def _after_fork_in_child() -> None:
-    """In a child made by ``os.fork()``: the workers and the forkserver are the parent's, not the child's.
-    multiprocessing would make the child join the parent's workers at exit (an AssertionError), and ask the
-    parent's forkserver, which is not the child's child, whether it still runs (ChildProcessError on every
-    start): forget both, so that a runtime made in the child starts its own forkserver and workers."""
-    import multiprocessing.forkserver
+    """In a child made by ``os.fork()``: the workers are the parent's, not the child's. multiprocessing would
+    make the child join them at exit (an AssertionError): forget them (``forkserver.py`` forgets the
+    parent's forkserver), so that a runtime made in the child starts workers of its own."""
     import multiprocessing.process
 
     children = getattr(multiprocessing.process, "_children", None)
@@ -259,14 +272,6 @@ def _after_fork_in_child() -> None:
         if isinstance(children, set):
             children.discard(proc)
     _STARTED.clear()
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
-        alive_fd, preload = server._forkserver_alive_fd, server._preload_modules
-        server.__init__()
-        server._preload_modules = preload
-        if alive_fd is not None:  # our copy would keep the parent's forkserver alive after the parent
-            with contextlib.suppress(OSError):
-                os.close(alive_fd)
 
 
 if hasattr(os, "register_at_fork"):
@@ -278,6 +283,7 @@ class ProcessLauncher(Launcher):
     through shared memory, each worker writing under a creator number of its own."""
 
     def __init__(self, start_method: str, segments: SegmentTable | None = None) -> None:
+        _fill_closed_stdio()  # before the supervisor's loop makes its own fds
         self.mp_ctx = make_context(start_method)
         self.segments = segments
         self._creators = itertools.count(1)

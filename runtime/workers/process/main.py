@@ -28,6 +28,7 @@ from runtime.wire import segments as shm
 from runtime.wire.codec import Codec
 from runtime.wire.framing import FrameReader
 from runtime.wire.writer import FrameWriter
+from runtime.workers.process.forkserver import FromParent
 
 
 class PipeInbox:
@@ -71,8 +72,8 @@ class PipeInbox:
             if msgs:
                 return msgs
 
-    def pack(self, obj: Any) -> Packed:
-        return self._codec.pack(obj)
+    def pack(self, obj: Any, keys: frozenset[int] | None = None) -> Packed:
+        return self._codec.pack(obj, keys=keys)
 
     def pack_stream(self, obj: Any) -> Packed:
         return self._codec.pack(obj)
@@ -177,8 +178,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="procflow-parent-watch", daemon=True).start()
 
 
-def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | None = None) -> None:
-    """Entry point of a worker process; large payloads go out of band under ``segment_prefix``."""
+def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | None = None,
+                parent: FromParent | None = None) -> None:
+    """Entry point of a worker process; large payloads go out of band under ``segment_prefix``; ``parent``
+    holds the parent's environment and stdout/stderr as the worker started (a forked worker would otherwise
+    have the forkserver's, which may be older: see ``forkserver.py``)."""
+    if parent is not None:
+        parent.apply()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.setpgid(0, 0)

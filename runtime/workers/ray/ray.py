@@ -26,6 +26,10 @@ import contextlib
 import weakref
 from typing import Any
 
+# Before anything that imports actors: with ray imported, ``import actors`` starts no forkserver (a program
+# that reaches procflow through RayRuntime has no use for one: runtime/workers/process/forkserver.py).
+import ray  # noqa: F401
+
 from runtime.default import shut_down_each
 from runtime.process_runtime import ProcessRuntime, RuntimeState
 from runtime.workers.ray.launcher import RayLauncher

@@ -1,0 +1,148 @@
+"""procflow's forkserver: the process every worker is forked from, started as early as the program allows.
+
+A worker forked from the forkserver starts in ~10 ms because the forkserver, a fresh interpreter, imported
+the worker's modules once (``PRELOAD``). Starting it takes that interpreter's start and imports (~200-300 ms
+on a small machine), and a program's first result waits for it. So ``import actors`` starts it
+(``actors._launch.prewarm`` -> ``start_early``), and it imports its modules on another core while the
+program goes on importing and defining its workflows:
+
+    parent:      import actors ─┬─ (the rest of actors, the program's imports, run(): runtime, handler) ─ fork ─ run
+    forkserver:                 └─ interpreter start ── import PRELOAD ──────────────────────────────── ready
+
+``start_early`` does nothing (and the forkserver starts at the first run, as before) when:
+- ``PROCFLOW_PREWARM`` is ``0``/``false``/``no``/``off``;
+- this process is a child of ``multiprocessing`` (a spawn worker, a user's pool process) or a forkserver
+  (ours, preloading ``actors``, or anyone's), or a Ray worker (``ray`` imported before ``actors``);
+- it is imported from a thread other than the main thread, or the platform has no forkserver.
+
+A worker forked from the forkserver would take from it, not from the parent, the process state of the
+moment the forkserver started: the modules it imported (fine: the same files), the environment and the
+standard output and error. So each worker is given the parent's, as they are when that worker starts
+(``FromParent``): ``os.environ`` set after ``import actors`` (``load_dotenv()``) reaches the steps, and so do
+fds 1 and 2 redirected meanwhile (the CLI sends the workers' prints to stderr under ``--json``). ``sys.path``
+and the working directory are multiprocessing's own preparation data, sent with every start.
+
+A process forked (``os.fork``) from one that started the forkserver must not use it (it is not the child's
+child): the at-fork hook here forgets it, so the child starts a forkserver of its own when it needs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from multiprocessing import reduction
+from typing import Any
+
+log = logging.getLogger("procflow")
+
+# The worker's modules, imported once by the forkserver (every worker forked from it has them).
+PRELOAD = ["actors", "runtime.workers.process.main"]
+_OFF = {"0", "false", "no", "off"}
+
+
+def prepare(ctx: object) -> None:
+    """Give a forkserver context procflow's preload list (before the forkserver starts)."""
+    ctx.set_forkserver_preload(PRELOAD)  # type: ignore[attr-defined]
+
+
+def start_early() -> bool:
+    """Start the forkserver now if this process is a program's main process (see the module docstring);
+    True if it was started (or already ran). Never raises: a failure only means the first run starts it."""
+    if os.environ.get("PROCFLOW_PREWARM", "").strip().lower() in _OFF:
+        return False
+    if threading.current_thread() is not threading.main_thread() or "ray" in sys.modules:
+        return False
+    if _in_forkserver():
+        return False
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return False
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        import multiprocessing.forkserver
+
+        prepare(multiprocessing.get_context("forkserver"))
+        multiprocessing.forkserver.ensure_running()
+    except Exception as exc:  # noqa: BLE001 -- the first run will start it (and report what fails)
+        log.debug("procflow: the forkserver could not be started early: %r", exc)
+        return False
+    return True
+
+
+def _in_forkserver() -> bool:
+    """Whether this process is a ``multiprocessing`` forkserver (its command line runs forkserver.main), or
+    the child of one (a worker: then this is a program a step started). Both are checked: a forkserver
+    that started a forkserver would start one in turn, without end."""
+    marker = "multiprocessing.forkserver import main"
+    if any(marker in arg for arg in sys.orig_argv):
+        return True
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
+
+
+class FromParent:
+    """What a worker takes from its parent as it starts: the environment, and fds 1 and 2 (passed as file
+    descriptors; one the parent has closed is left as the worker has it). Made in the parent for each
+    start; ``apply()``, first thing in the worker, makes them the worker's own."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.stdio = {fd: fd for fd in (1, 2) if _is_open(fd)}  # target fd -> the fd holding it
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # DupFd registers each fd with the start under way, which sends it to the child (SCM_RIGHTS under
+        # forkserver, inherited under spawn); so this pickles only inside Process.start().
+        return (_received, (self.environ, {fd: reduction.DupFd(fd) for fd in self.stdio}))
+
+    def apply(self) -> None:
+        if self.environ != os.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        for target, fd in self.stdio.items():
+            if fd != target:
+                os.dup2(fd, target)
+                os.close(fd)
+        self.stdio = {}
+
+
+def _received(environ: dict[str, str], stdio: dict[int, Any]) -> FromParent:
+    """A ``FromParent`` unpickled in the worker: the fds are received, not yet applied."""
+    made = FromParent.__new__(FromParent)
+    made.environ, made.stdio = environ, {target: dup.detach() for target, dup in stdio.items()}
+    return made
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _forget_in_forked_child() -> None:
+    """After ``os.fork()``: the parent's forkserver is not this process's child (``ensure_running`` would
+    fail waiting for it); forget it, keeping the preload list, and close our copy of its alive pipe (which
+    would keep it running after the parent)."""
+    fs = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(fs, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive_fd, preload = server._forkserver_alive_fd, server._preload_modules
+    server.__init__()
+    server._preload_modules = preload
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_forked_child)
