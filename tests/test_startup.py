@@ -224,3 +224,29 @@ def test_a_parent_whose_stdout_is_closed_still_starts_workers() -> None:
         print(_json.dumps(pid > 0))
     """)
     assert seen is True
+
+
+def test_limits_umask_affinity_and_nice_set_after_the_import_are_the_workers() -> None:
+    seen = run("""
+        import os, resource
+        from actors import StartEvent, StopEvent, Workflow, step
+        def state():
+            with open("/proc/self/status") as f:
+                umask = next(line.split()[1] for line in f if line.startswith("Umask:"))
+            return {"as": list(resource.getrlimit(resource.RLIMIT_AS)),
+                    "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)), "umask": umask,
+                    "cpus": sorted(os.sched_getaffinity(0)), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+        class W(Workflow):
+            @step
+            def d(self, ev: StartEvent) -> StopEvent:
+                return StopEvent(result=state())
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY))
+        os.umask(0o027)
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+        print(_json.dumps({"parent": state(), "worker": W().run().result(60)}))
+    """)
+    assert seen["worker"] == seen["parent"]
+    assert seen["worker"]["umask"] == "0027" and len(seen["worker"]["cpus"]) == 1

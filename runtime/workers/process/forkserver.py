@@ -16,11 +16,12 @@ program goes on importing and defining its workflows:
 - it is imported from a thread other than the main thread, or the platform has no forkserver.
 
 A worker forked from the forkserver would take from it, not from the parent, the process state of the
-moment the forkserver started: the modules it imported (fine: the same files), the environment and the
-standard output and error. So each worker is given the parent's, as they are when that worker starts
-(``FromParent``): ``os.environ`` set after ``import actors`` (``load_dotenv()``) reaches the steps, and so do
-fds 1 and 2 redirected meanwhile (the CLI sends the workers' prints to stderr under ``--json``). ``sys.path``
-and the working directory are multiprocessing's own preparation data, sent with every start.
+moment the forkserver started: the modules it imported (fine: the same files), the environment, the
+standard output and error, the resource limits, the umask, the CPU affinity and the nice value. So each
+worker is given the parent's, as they are when that worker starts (``FromParent``): ``os.environ`` set after
+``import actors`` (``load_dotenv()``) reaches the steps, and so do fds 1 and 2 redirected meanwhile (the CLI
+sends the workers' prints to stderr under ``--json``) and a ``setrlimit`` made meanwhile. ``sys.path`` and
+the working directory are multiprocessing's own preparation data, sent with every start.
 
 A process forked (``os.fork``) from one that started the forkserver must not use it (it is not the child's
 child): the at-fork hook here forgets it, so the child starts a forkserver of its own when it needs one.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import sys
 import threading
 from multiprocessing import reduction
@@ -89,18 +91,25 @@ def _in_forkserver() -> bool:
 
 
 class FromParent:
-    """What a worker takes from its parent as it starts: the environment, and fds 1 and 2 (passed as file
-    descriptors; one the parent has closed is left as the worker has it). Made in the parent for each
-    start; ``apply()``, first thing in the worker, makes them the worker's own."""
+    """What a worker takes from its parent as it starts, rather than from the forkserver: the environment,
+    fds 1 and 2 (passed as file descriptors; one the parent has closed is left as the worker has it), the
+    resource limits, the umask, the CPU affinity and the nice value. Made in the parent for each start;
+    ``apply()``, first thing in the worker, makes them the worker's own (a limit or priority the worker may
+    not take, one raised above what the forkserver had, is left as it is)."""
 
     def __init__(self) -> None:
         self.environ = dict(os.environ)
         self.stdio = {fd: fd for fd in (1, 2) if _is_open(fd)}  # target fd -> the fd holding it
+        self.limits = {r: resource.getrlimit(r) for r in _LIMITS}
+        self.umask = _umask()
+        self.affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # DupFd registers each fd with the start under way, which sends it to the child (SCM_RIGHTS under
         # forkserver, inherited under spawn); so this pickles only inside Process.start().
-        return (_received, (self.environ, {fd: reduction.DupFd(fd) for fd in self.stdio}))
+        state = (self.environ, self.limits, self.umask, self.affinity, self.nice)
+        return (_received, (state, {fd: reduction.DupFd(fd) for fd in self.stdio}))
 
     def apply(self) -> None:
         if self.environ != os.environ:
@@ -111,12 +120,39 @@ class FromParent:
                 os.dup2(fd, target)
                 os.close(fd)
         self.stdio = {}
+        for r, limit in self.limits.items():
+            if resource.getrlimit(r) != limit:
+                with contextlib.suppress(ValueError, OSError):
+                    resource.setrlimit(r, limit)
+        if self.umask is not None:
+            os.umask(self.umask)
+        with contextlib.suppress(OSError):
+            if self.affinity is not None and os.sched_getaffinity(0) != self.affinity:
+                os.sched_setaffinity(0, self.affinity)
+            if os.getpriority(os.PRIO_PROCESS, 0) != self.nice:
+                os.setpriority(os.PRIO_PROCESS, 0, self.nice)
 
 
-def _received(environ: dict[str, str], stdio: dict[int, Any]) -> FromParent:
-    """A ``FromParent`` unpickled in the worker: the fds are received, not yet applied."""
+_LIMITS = [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
+
+
+def _umask() -> int | None:
+    """This process's umask, read without setting it (os.umask would, for an instant, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _received(state: tuple[Any, ...], stdio: dict[int, Any]) -> FromParent:
+    """A ``FromParent`` unpickled in the worker: the fds are received, nothing is applied yet."""
     made = FromParent.__new__(FromParent)
-    made.environ, made.stdio = environ, {target: dup.detach() for target, dup in stdio.items()}
+    made.environ, made.limits, made.umask, made.affinity, made.nice = state
+    made.stdio = {target: dup.detach() for target, dup in stdio.items()}
     return made
 
 
