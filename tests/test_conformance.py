@@ -347,6 +347,31 @@ class QueuedPayload(Workflow):
         return StopEvent(result=describe(ev.data))
 
 
+class Chunk(Event):
+    data: Any
+    i: int
+
+
+class Reuses(Workflow):
+    """A def step sends one array three times, changing it in between and after."""
+
+    @step
+    def send(self, ctx: Context, ev: StartEvent) -> Chunk | None:
+        buf = np.zeros(ev.n, dtype=np.int64)
+        for i in range(3):
+            buf[:] = i
+            ctx.send_event(Chunk(data=buf, i=i))
+        buf[:] = 99
+        return None
+
+    @step
+    def gather(self, ctx: Context, ev: Chunk) -> StopEvent | None:
+        got = ctx.collect_events(ev, [Chunk] * 3)
+        if got is None:
+            return None
+        return StopEvent(result=sorted((c.i, int(c.data.min()), int(c.data.max())) for c in got))
+
+
 class StreamsPayload(Workflow):
     """A def step streams a large payload, then spins until it is killed."""
 
@@ -611,6 +636,15 @@ def test_small_payloads_stay_in_band(rt: ProcessRuntime, engine: str) -> None:
     assert held_now(rt) == before  # no segment, no Ray object made, adopted or fetched
     if engine == "ray":
         assert object_store_used() <= baseline
+
+
+@pytest.mark.timeout(120)
+def test_a_large_buffer_changed_after_it_was_sent_arrives_as_it_was_when_sent(
+        rt: ProcessRuntime, engine: str) -> None:
+    baseline = store_baseline(engine)
+    got = Reuses(timeout=WAIT, runtime=rt).run(n=2**17).result(timeout=WAIT)
+    assert got == [(0, 0, 0), (1, 1, 1), (2, 2, 2)]
+    assert released(rt, engine, baseline), held_now(rt)
 
 
 @pytest.mark.timeout(180)

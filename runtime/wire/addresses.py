@@ -59,16 +59,23 @@ class AddressMap:
         self._entries: dict[int, tuple[int, weakref.ref[Any]]] = {}
 
     def add(self, base: int, size: int, holder: Any) -> None:
+        """Note ``size`` bytes from ``base`` as ``holder``'s; a range noted at the same base before (the
+        same object mapped again) is replaced."""
         with self._lock:
-            bisect.insort(self._bases, base)
+            if base not in self._entries:
+                bisect.insort(self._bases, base)
             self._entries[base] = (size, weakref.ref(holder))
 
-    def remove(self, base: int) -> None:
+    def remove(self, base: int, holder: Any = None) -> None:
+        """Forget the range at ``base`` (with ``holder``: only if it is still that holder's)."""
         with self._lock:
-            if self._entries.pop(base, None) is not None:
-                i = bisect.bisect_left(self._bases, base)
-                if i < len(self._bases) and self._bases[i] == base:
-                    del self._bases[i]
+            entry = self._entries.get(base)
+            if entry is None or (holder is not None and entry[1]() is not holder):
+                return
+            del self._entries[base]
+            i = bisect.bisect_left(self._bases, base)
+            if i < len(self._bases) and self._bases[i] == base:
+                del self._bases[i]
 
     def find(self, addr: int, nbytes: int) -> tuple[Any, int] | None:
         """``(holder, offset)`` when ``addr .. addr + nbytes`` lies in a range the map holds."""

@@ -5,8 +5,8 @@
                                  order); ``refs``: the ObjectRefs of the large buffers the frames name
     actor.drain(batch)          [group "outbox", one thread]  <- Outbox <- the host's threads (loop and step
                                  thread) sending pickled messages; waits up to DRAIN_POLL s for a first one;
-                                 with them, the next delivery seq it expects (the earlier ones are in), the
-                                 tokens of their large buffers and the ObjectRefs they name
+                                 with them, the next delivery seq it expects (the earlier ones are in) and
+                                 the tokens of their large buffers
     actor.fetch(batch)          [group "outbox"]  the large buffers of that batch, as return values: Ray
                                  stores them, owned by the driver (``objects.py``)
     actor.ping()                [default group]  pid, Ray node id and node IP, once the host is up
@@ -45,7 +45,7 @@ DRAIN_POLL = 1.0  # seconds a drain() waits for a first message before returning
 
 class Outbox:
     """Pickled messages from the host's threads (loop and step thread), taken in batches by ``drain``, with
-    the large buffers they carry (``Pending``, by token) and the ObjectRefs they name."""
+    the large buffers they carry (``Pending``, by token) and the entries of the Ray objects they send on."""
 
     def __init__(self) -> None:
         self._items: list[bytes] = []
@@ -178,15 +178,17 @@ class RayWorker:
                 view = view[os.write(self._inbox_w, view):]
 
     @ray.method(concurrency_group="outbox")
-    def drain(self, batch: int) -> tuple[int, list[bytes], list[int], list[Any]]:
+    def drain(self, batch: int) -> tuple[int, list[bytes], list[int]]:
         """Batch ``batch`` of the host's pickled messages, waiting up to ``DRAIN_POLL`` s for one (the
         batch last answered, again, if it is asked for again), and the first delivery ``seq`` not yet
         written to the inbox: every earlier one is in, so the driver can forget them. With them, the tokens
-        of the large buffers they carry (the driver ``fetch``es them) and the ObjectRefs they name."""
+        of the large buffers they carry (the driver ``fetch``es them). The batch, with the buffers and the
+        entries of the Ray objects it sends on, is kept until the next one is asked for: by then the
+        driver has unpickled it and holds those objects itself."""
         if batch != self._batch:
             self._batch, self._last = batch, self._outbox.take(DRAIN_POLL)
         last = self._last
-        return self._next_seq, last.messages, [token for token, _ in last.pending], last.refs
+        return self._next_seq, last.messages, [token for token, _ in last.pending]
 
     @ray.method(concurrency_group="outbox")
     def fetch(self, batch: int) -> tuple[Any, ...]:

@@ -176,19 +176,19 @@ class RayLink(WorkerLink):
         batch, unreachable_since = 1, 0.0
         while not self._stopping.is_set():
             try:
-                acked, data, tokens, refs = ray.get(self.actor.drain.remote(batch))
+                acked, data, tokens = ray.get(self.actor.drain.remote(batch))
             except ActorUnavailableError as exc:
                 unreachable_since = self._unreachable(unreachable_since, exc)
                 continue
             if unreachable_since:
                 log.warning("procflow: Ray worker pid %d%s is reachable again", self.pid, self.where())
                 unreachable_since = 0.0
-            self._received(batch, data, tokens, refs)
+            self._received(batch, data, tokens)
             batch += 1
             if self._forget_delivered(acked):
                 self._check_deliveries()
 
-    def _received(self, batch: int, data: list[bytes], tokens: list[int], refs: list[Any]) -> None:
+    def _received(self, batch: int, data: list[bytes], tokens: list[int]) -> None:
         """Hand a drained batch to the loop, its large buffers fetched first. (A function of its own: the
         pump's frame, waiting on the next drain, must not keep this batch's messages and buffers alive.)"""
         gone: _Gone | None = None
@@ -199,7 +199,7 @@ class RayLink(WorkerLink):
             except _Gone as exc:
                 gone = exc  # the messages still go, then the death (their buffers say they are lost)
         if data:
-            msgs = objects.loads(data, refs, fetched, self._starting.objects)
+            msgs = objects.loads(data, fetched, self._starting.objects)
             self.loop.call_soon_threadsafe(self._hand_over, msgs)
         if gone is not None:
             raise gone

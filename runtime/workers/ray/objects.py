@@ -10,7 +10,7 @@ only the entry's ObjectRef travels through the driver:
     a worker actor (results, emitted and streamed events, store.set)
         WorkerObjects.place -> Pending(buffer)                    nothing copied yet, no Ray call
         RayMailbox.send: the message pickled; each Pending gets a token, and waits in the Outbox
-        drain(batch) -> (seq, messages, tokens, refs)             the driver's bridge thread then calls
+        drain(batch) -> (seq, messages, tokens)                   the driver's bridge thread then calls
         fetch(batch), num_returns = 1 + tokens                    the actor returns the buffers: Ray stores
                                                                   each once, on the actor's node, as a return
                                                                   value of the driver's call, so the DRIVER
@@ -36,14 +36,19 @@ die the moment after, the objects stay readable. The bridge hands a batch to the
 reader with a ``PayloadError`` saying so; never a hang or a wrong value.
 
 Counting. An ObjectRef is never pickled by our own pickles (Ray would pin an object serialized "out of band"
-for the life of the process): it travels as a nested ref in a Ray call's arguments or return value, which
-Ray counts (borrowers report back to the owner), and the pickle names it by its id (``_arrived``). Every
-``RayBuffer`` holds its ObjectRef; the supervisor holds ``Packed``s, so an object lives exactly as long as
-an event, stream item, store value, snapshot or reader's view (a zero-copy view pins it) refers to it, and
-Ray frees it after the last one goes. ``RayObjects`` counts the driver's entries (``stats()``).
+for the life of the process). Driver to worker, it travels as a ref nested in the ``deliver`` call's
+arguments, which Ray counts (the actor borrows it, and tells the owner when it lets go), and the pickle
+names it by id (``_arrived``). Every ``RayBuffer`` holds its ObjectRef; the supervisor holds ``Packed``s,
+so an object lives exactly as long as an event, stream item, store value, snapshot or reader's view (a
+zero-copy view pins it) refers to it, and Ray frees it after the last one goes. ``RayObjects`` counts the
+driver's entries (``stats()``).
 
 A buffer that is itself a zero-copy view of a whole Ray object this process read (a numpy array passed
-along a chain of steps) is not copied again: its entry is the object it came from (``VIEWS``).
+along a chain of steps) is not copied again: its entry is the object it came from (``VIEWS``). A worker
+sends such an entry back by id only (``_owned``), and keeps it until the driver has unpickled the batch;
+the driver, owner of every object, takes its live entry or makes a new ObjectRef from the id. (Not a ref
+nested in ``drain``'s return value: Ray keeps a borrowed ref returned that way referenced by the worker
+for as long as the worker lives, and the object store would never let go of it.)
 """
 
 from __future__ import annotations
@@ -70,19 +75,30 @@ class LostBuffer(Exception):
 
 
 class RayBuffer:
-    """An entry for a buffer in Ray's object store: its ObjectRef and size."""
+    """An entry for a buffer in Ray's object store: its ObjectRef and size.
 
-    __slots__ = ("ref", "nbytes", "local", "__weakref__")
+    In a worker an entry is read once (``once``: a step's input, a reply) and lets go of its ObjectRef as it
+    is read: what outlives the reading holds the object itself (a copy, or a view whose exporter holds a
+    fresh entry), so an invocation's messages kept alive by a reference cycle until the next garbage
+    collection (a step's Context and its store refer to each other) do not keep the object borrowed."""
 
-    def __init__(self, ref: Any, nbytes: int) -> None:
-        self.ref, self.nbytes = ref, nbytes
+    __slots__ = ("ref", "nbytes", "once", "local", "__weakref__")
+
+    def __init__(self, ref: Any, nbytes: int, once: bool = False) -> None:
+        self.ref, self.nbytes, self.once = ref, nbytes, once
         self.local: bytes | None = None  # a copy kept in memory when the runtime ended Ray (keep_in_memory)
 
     def load(self, kind: int) -> Any:
         if self.local is not None:
             return oob.load(self.local, kind)
+        ref = self.ref
+        if ref is None:
+            raise LostBuffer(f"a large buffer ({self.nbytes:,} bytes) was read once already (a worker reads "
+                             "what it is sent once)")
+        if self.once:
+            self.ref = None
         try:
-            value = ray.get(self.ref)
+            value = ray.get(ref)
         except RayError as exc:
             raise LostBuffer(f"a large buffer ({self.nbytes:,} bytes) is not in Ray's object store: "
                              f"{_first_line(exc)}") from None
@@ -93,7 +109,7 @@ class RayBuffer:
             return bytes(memoryview(value).cast("B"))
         if kind == oob.BYTEARRAY:
             return bytearray(memoryview(value).cast("B"))
-        return _view(value, self)
+        return _view(value, RayBuffer(ref, self.nbytes) if self.once else self)
 
     def keep_in_memory(self) -> None:
         """Copy the buffer into this process, for readers after Ray is shut down."""
@@ -107,11 +123,16 @@ class RayBuffer:
         carry = getattr(_tls, "carry", None)
         if carry is None or self.local is not None:  # not inside a Ray call: in band
             return (bytes, (self.load(oob.BYTES),))
-        carry[0].append(self.ref)
-        return (_arrived, (self.ref.binary(), self.nbytes))
+        if self.ref is None:
+            raise pickle.PicklingError("a large buffer read once already cannot be sent again")
+        if carry[1] is None:  # the driver: the ref goes in the call's arguments
+            carry[0].append(self.ref)
+            return (_arrived, (self.ref.binary(), self.nbytes))
+        carry[0].append(self)  # a worker: by id only, this entry kept until the driver has the batch
+        return (_owned, (self.ref.binary(), self.nbytes))
 
     def __repr__(self) -> str:
-        return f"<RayBuffer {self.ref.hex()[:16]} {self.nbytes} B>"
+        return f"<RayBuffer {self.ref.hex()[:16] if self.ref is not None else 'read'} {self.nbytes} B>"
 
 
 class Pending:
@@ -127,7 +148,7 @@ class Pending:
 
     def stored(self) -> Any:
         """What ``fetch`` returns for Ray to store: the raw bytes, out of band of Ray's own pickle."""
-        return self.obj if self.kind == oob.VIEW else pickle.PickleBuffer(self.obj)
+        return pickle.PickleBuffer(self.obj)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         carry = getattr(_tls, "carry", None)
@@ -156,7 +177,7 @@ def _view(value: Any, entry: RayBuffer) -> memoryview:
     holder = (ctypes.c_ubyte * view.nbytes).from_address(base)
     holder.keep = (value, entry)  # type: ignore[attr-defined]
     VIEWS.add(base, view.nbytes, entry)
-    weakref.finalize(holder, VIEWS.remove, base)
+    weakref.finalize(holder, VIEWS.remove, base, entry)
     return memoryview(holder).toreadonly()
 
 
@@ -215,6 +236,10 @@ class RayObjects:
                     self.put += 1
             return entry
 
+    def find(self, key: bytes) -> RayBuffer | None:
+        with self._lock:
+            return self._live.get(key)
+
     def _released(self, nbytes: int) -> None:
         with self._lock:
             self.count -= 1
@@ -250,14 +275,25 @@ def keep_in_memory() -> None:
 
 class WorkerObjects:
     """A worker actor's store: a buffer becomes a ``Pending`` entry, stored when the driver fetches it (or
-    the entry of the Ray object it already is a view of)."""
+    the entry of the Ray object it already is a view of).
+
+    The store takes the buffer's bytes only later, so a buffer that may still change (a ``bytearray``, a
+    numpy array, a view of either) is copied now: what was sent is what it held when it was sent, as with
+    processes (a step may send one array, change it, and send it again). ``bytes`` cannot change, nor can a
+    view of a Ray object: those are not copied."""
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
 
     def place(self, buffers: list[tuple[Any, int]]) -> list[Any]:
-        return [(existing(obj) if kind == oob.VIEW else None) or Pending(obj, kind, memoryview(obj).nbytes)
-                for obj, kind in buffers]
+        entries: list[Any] = []
+        for obj, kind in buffers:
+            found: Any = existing(obj) if kind == oob.VIEW else None
+            if found is None:
+                view = memoryview(obj)
+                found = Pending(obj if type(obj) is bytes else view.tobytes("A"), kind, view.nbytes)
+            entries.append(found)
+        return entries
 
 
 # --- messages through Ray calls -----------------------------------------------------------------------------
@@ -266,8 +302,9 @@ _tokens = itertools.count(1)
 
 
 def dumps(msg: object, refs: list[Any], pending: list[tuple[int, Pending]] | None) -> bytes:
-    """``msg`` pickled for a Ray call: the ObjectRefs it names are appended to ``refs`` (they go in the
-    call's arguments or return value) and, in a worker, its ``Pending`` buffers to ``pending``."""
+    """``msg`` pickled for a Ray call. On the driver (``pending`` None) the ObjectRefs it names are appended
+    to ``refs``: they go in the ``deliver`` call's arguments. In a worker its ``Pending`` buffers go to
+    ``pending``, and the entries of Ray objects it sends on to ``refs``: kept until the driver has them."""
     _tls.carry = (refs, pending)
     try:
         return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -303,33 +340,44 @@ class Inbound:
 INBOUND = Inbound()
 
 
-def loads(datas: list[bytes], refs: list[Any], fetched: dict[int, Any], table: RayObjects | None
-          ) -> list[object]:
-    """A drained batch's messages, unpickled on the driver: the ObjectRefs the batch returned, and the
-    driver-owned ones its ``fetch`` made, become the driver's entries in ``table``."""
-    _tls.receiving = ({ref.binary(): ref for ref in refs}, fetched, table)
+def loads(datas: list[bytes], fetched: dict[int, Any], table: RayObjects | None) -> list[object]:
+    """A drained batch's messages, unpickled on the driver: the objects its ``fetch`` stored and the ones
+    it sends on become the driver's entries in ``table``."""
+    _tls.receiving = (fetched, table)
     try:
         return [pickle.loads(data) for data in datas]
     finally:
         _tls.receiving = None
 
 
-def _entry(ref: Any, nbytes: int, fetched: bool, table: RayObjects | None) -> RayBuffer:
-    return table.adopt(ref, nbytes, fetched) if table is not None else RayBuffer(ref, nbytes)
-
-
 def _arrived(key: bytes, nbytes: int) -> RayBuffer:
-    """An ObjectRef named in a message, which came with it in the Ray call."""
-    got = getattr(_tls, "receiving", None)
-    ref = got[0].get(key) if got is not None else INBOUND.take(key)
+    """An ObjectRef named in a message to a worker, which came with it in the ``deliver`` call."""
+    ref = INBOUND.take(key)
     if ref is None:
         raise pickle.UnpicklingError("a Ray object named in a message did not come with the message")
-    return _entry(ref, nbytes, False, got[2] if got is not None else None)
+    return RayBuffer(ref, nbytes, once=True)
+
+
+def _owned(key: bytes, nbytes: int) -> RayBuffer:
+    """A Ray object a worker sends on (a view of one it was given), on the driver: every object is the
+    driver's (put here, or stored by a ``fetch`` it called), and the worker holds its entry until this
+    batch is unpickled, so the object is alive: its live entry here, or a new ObjectRef to it.
+
+    (Not a ref nested in ``drain``'s return value: Ray keeps a ref a worker returns that way borrowed by
+    the worker until the worker dies.)"""
+    got = getattr(_tls, "receiving", None)
+    table = got[1] if got is not None else None
+    entry = table.find(key) if table is not None else None
+    return entry if entry is not None else _entry(ray.ObjectRef(key), nbytes, False, table)
 
 
 def _fetched(token: int, nbytes: int) -> RayBuffer:
     """A worker's buffer the driver's ``fetch`` stored (driver side only)."""
     got = getattr(_tls, "receiving", None)
-    if got is None or token not in got[1]:
+    if got is None or token not in got[0]:
         raise pickle.UnpicklingError(f"a worker's large buffer (token {token}) was not fetched")
-    return _entry(got[1][token], nbytes, True, got[2])
+    return _entry(got[0][token], nbytes, True, got[1])
+
+
+def _entry(ref: Any, nbytes: int, fetched: bool, table: RayObjects | None) -> RayBuffer:
+    return table.adopt(ref, nbytes, fetched) if table is not None else RayBuffer(ref, nbytes)
