@@ -372,6 +372,13 @@ class Reuses(Workflow):
         return StopEvent(result=sorted((c.i, int(c.data.min()), int(c.data.max())) for c in got))
 
 
+class StreamsArray(Workflow):
+    @step
+    def make(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(Payload(data=np.arange(ev.n, dtype=np.int64)))
+        return StopEvent(result="streamed")
+
+
 class StreamsPayload(Workflow):
     """A def step streams a large payload, then spins until it is killed."""
 
@@ -731,6 +738,33 @@ def test_a_buffer_ray_lost_fails_its_reader_with_a_payload_error_that_says_so(en
     with pytest.raises(PayloadError, match="not in Ray's object store") as err:
         codec.unpack(packed)
     assert "Payload cannot be unpickled" in str(err.value)
+
+
+_READ_AFTER_SHUTDOWN = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    from runtime import RayRuntime
+    from test_conformance import Payload, StreamsArray
+
+    rt = RayRuntime(address="local", workers=1)
+    handler = StreamsArray(runtime=rt, timeout=120).run(n=2**20)
+    assert handler.result(120) == "streamed"  # its stream not read yet: the event is still pickled
+    held = rt.stats().shared_memory["objects"]
+    rt.shutdown()  # ends the Ray it started: what the driver still refers to is copied out of Ray first
+    got = [ev.data for ev in handler.iter_events(timeout=30) if isinstance(ev, Payload)]
+    print(json.dumps({"held": held, "equal": [bool(np.array_equal(a, np.arange(2**20))) for a in got]}))
+""")
+
+
+@pytest.mark.timeout(150)
+def test_a_large_streamed_event_is_read_whole_after_the_runtime_that_started_ray_shut_it_down() -> None:
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _READ_AFTER_SHUTDOWN], capture_output=True, text=True,
+                          env=env, timeout=140, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"held": 1, "equal": [True]}
 
 
 # --- the Ray runtime's own life ------------------------------------------------------------------------------

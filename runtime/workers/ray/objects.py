@@ -8,7 +8,9 @@ only the entry's ObjectRef travels through the driver:
     the driver (start event, events sent by the caller, store values and replies)
         RayObjects.place -> ray.put(PickleBuffer(buffer))        one copy, into the store; the driver owns it
     a worker actor (results, emitted and streamed events, store.set)
-        WorkerObjects.place -> Pending(buffer)                    nothing copied yet, no Ray call
+        WorkerObjects.place -> Pending(buffer)                    no Ray call; a buffer that may still change
+                                                                  (not bytes) is copied: what was sent is
+                                                                  what it held then
         RayMailbox.send: the message pickled; each Pending gets a token, and waits in the Outbox
         drain(batch) -> (seq, messages, tokens)                   the driver's bridge thread then calls
         fetch(batch), num_returns = 1 + tokens                    the actor returns the buffers: Ray stores
@@ -46,9 +48,10 @@ driver's entries (``stats()``).
 A buffer that is itself a zero-copy view of a whole Ray object this process read (a numpy array passed
 along a chain of steps) is not copied again: its entry is the object it came from (``VIEWS``). A worker
 sends such an entry back by id only (``_owned``), and keeps it until the driver has unpickled the batch;
-the driver, owner of every object, takes its live entry or makes a new ObjectRef from the id. (Not a ref
-nested in ``drain``'s return value: Ray keeps a borrowed ref returned that way referenced by the worker
-for as long as the worker lives, and the object store would never let go of it.)
+the driver, owner of every object, takes its live entry or makes a new ObjectRef from the id (rather than
+a ref nested in ``drain``'s return value, which would make the driver borrow its own object through the
+worker). A worker reads what it receives once, and its entries let go of their ObjectRefs as they are read
+(``RayBuffer.once``).
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class RayBuffer:
                              "what it is sent once)")
         if self.once:
             self.ref = None
+        if not ray.is_initialized():  # never let ray.get start a new Ray of its own
+            raise LostBuffer(f"a large buffer ({self.nbytes:,} bytes) cannot be read: Ray was shut down")
         try:
             value = ray.get(ref)
         except RayError as exc:
