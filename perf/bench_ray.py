@@ -11,8 +11,9 @@ runtimes in rounds, so that drift in the machine's load hits both alike; figures
     throughput  1, 10, 100 runs in flight of a 3-step workflow of trivial async steps: runs/s
     fanout      8 ``def`` steps of W ms of pure-Python work each (split -> 8 x crunch -> gather): wall time,
                 for W from ~0 to 250 ms; the physical floor is 8 x W / cores
-    payload     a 50 MB payload (bytes, numpy) and a 1 MB one handed from a def step to the next: from the
-                sender's return to the receiver holding it (every page read once). Three contenders: the
+    payload     a 50 MB payload (bytes; a numpy array passed on; a numpy array the sender makes) and a 1 MB
+                one handed from a def step to the next: from the sender's return to the receiver holding it
+                (every page read once). Three contenders: the
                 process runtime (shared memory), the Ray runtime (the object store: put once, owned by the
                 driver) and a second Ray runtime with ``object_store_threshold=None`` (in band, inside the
                 actor calls, as before issue 13 item 5); ratios against both
@@ -111,12 +112,12 @@ def bench_fanout(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, Any]:
     return rows
 
 
-PAYLOADS = [("bytes", 50 << 20), ("numpy", 50 << 20), ("bytes", 1 << 20)]
+PAYLOADS = [("bytes", 50 << 20), ("numpy", 50 << 20), ("new numpy", 50 << 20), ("bytes", 1 << 20)]
 
 
 def make_payload(kind: str, size: int) -> Any:
     data = bytes(range(256)) * (size // 256)
-    if kind == "numpy":
+    if kind.endswith("numpy"):
         import numpy as np
 
         return np.frombuffer(data, dtype=np.uint8).copy()
@@ -124,12 +125,14 @@ def make_payload(kind: str, size: int) -> Any:
 
 
 def bench_payload(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, dict[str, float]]:
-    """Median seconds of a def step -> def step hop of each payload, per runtime, rounds alternating."""
-    flows = {name: W.PayloadHop(runtime=rt, timeout=300) for name, rt in rts.items()}
+    """Median seconds of a def step -> def step hop of each payload, per runtime, rounds alternating: an
+    array passed on as it came ("numpy"), or one the sender makes ("new numpy": a writable copy)."""
     rounds, k = (2, 3) if quick else (5, 5)
     out: dict[str, dict[str, float]] = {}
     for kind, size in PAYLOADS:
         data = make_payload(kind, size)
+        flow = W.FreshHop if kind == "new numpy" else W.PayloadHop
+        flows = {name: flow(runtime=rt, timeout=300) for name, rt in rts.items()}
         for wf in flows.values():
             wf.run(data=data).result(300)  # warm
         samples: dict[str, list[float]] = {name: [] for name in flows}
