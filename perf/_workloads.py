@@ -212,6 +212,21 @@ class PayloadHop(Workflow):
         return StopEvent(result=time.monotonic() - ev.t)
 
 
+class FreshHop(Workflow):
+    """``PayloadHop`` with a payload the sender makes (a writable copy of what it was given), timed from its
+    return: what sending a new array costs, rather than passing one on."""
+
+    @step
+    def send(self, ev: StartEvent) -> Blob:
+        data = ev.data.copy()
+        return Blob(data=data, t=time.monotonic())
+
+    @step
+    def recv(self, ev: Blob) -> StopEvent:
+        touch(ev.data)
+        return StopEvent(result=time.monotonic() - ev.t)
+
+
 class BigChain(Workflow):
     """A large payload through a chain of ``def`` steps (each hands it on unchanged)."""
 

@@ -1,6 +1,6 @@
 """The process runtime and the Ray runtime side by side, on this machine, in one process run.
 
-    .venv/bin/python perf/bench_ray.py [--quick] [--json out.json] [--only hop,throughput,fanout]
+    .venv/bin/python perf/bench_ray.py [--quick] [--json out.json] [--only hop,throughput,fanout,payload]
 
 Needs the ``ray`` extra (``pip install -e '.[ray]'``). Both runtimes get one worker per core; the Ray one
 starts its own local Ray instance (its start-up is reported apart). Measurements alternate between the two
@@ -11,6 +11,12 @@ runtimes in rounds, so that drift in the machine's load hits both alike; figures
     throughput  1, 10, 100 runs in flight of a 3-step workflow of trivial async steps: runs/s
     fanout      8 ``def`` steps of W ms of pure-Python work each (split -> 8 x crunch -> gather): wall time,
                 for W from ~0 to 250 ms; the physical floor is 8 x W / cores
+    payload     a 50 MB payload (bytes; a numpy array passed on; a numpy array the sender makes) and a 1 MB
+                one handed from a def step to the next: from the sender's return to the receiver holding it
+                (every page read once). Three contenders: the
+                process runtime (shared memory), the Ray runtime (the object store: put once, owned by the
+                driver) and a second Ray runtime with ``object_store_threshold=None`` (in band, inside the
+                actor calls, as before issue 13 item 5); ratios against both
 
 At the end: Ray's extra cost per step (from the fan-out rows of little work, where noise is smallest in
 absolute terms), the crossover (the work per step from which that cost is under 10 % of the work, and where
@@ -106,6 +112,40 @@ def bench_fanout(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, Any]:
     return rows
 
 
+PAYLOADS = [("bytes", 50 << 20), ("numpy", 50 << 20), ("new numpy", 50 << 20), ("bytes", 1 << 20)]
+
+
+def make_payload(kind: str, size: int) -> Any:
+    data = bytes(range(256)) * (size // 256)
+    if kind.endswith("numpy"):
+        import numpy as np
+
+        return np.frombuffer(data, dtype=np.uint8).copy()
+    return data
+
+
+def bench_payload(rts: dict[str, ProcessRuntime], quick: bool) -> dict[str, dict[str, float]]:
+    """Median seconds of a def step -> def step hop of each payload, per runtime, rounds alternating: an
+    array passed on as it came ("numpy"), or one the sender makes ("new numpy": a writable copy)."""
+    rounds, k = (2, 3) if quick else (5, 5)
+    out: dict[str, dict[str, float]] = {}
+    for kind, size in PAYLOADS:
+        data = make_payload(kind, size)
+        flow = W.FreshHop if kind == "new numpy" else W.PayloadHop
+        flows = {name: flow(runtime=rt, timeout=300) for name, rt in rts.items()}
+        for wf in flows.values():
+            wf.run(data=data).result(300)  # warm
+        samples: dict[str, list[float]] = {name: [] for name in flows}
+        for i in range(rounds):
+            order = list(flows.items()) if i % 2 == 0 else list(flows.items())[::-1]
+            for name, wf in order:
+                samples[name].append(med([float(wf.run(data=data).result(300)) for _ in range(k)]))
+        label = f"{size >> 20} MB {kind}"
+        out[label] = {name: med(xs) for name, xs in samples.items()}
+        say(f"payload {label}: " + ", ".join(f"{n} {v * 1000:.1f} ms" for n, v in out[label].items()))
+    return out
+
+
 # --- report ----------------------------------------------------------------------------------------------
 def fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
@@ -138,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
-    ap.add_argument("--only", default="hop,throughput,fanout",
-                    help="comma-separated: hop, throughput, fanout (startup is always measured)")
+    ap.add_argument("--only", default="hop,throughput,fanout,payload",
+                    help="comma-separated: hop, throughput, fanout, payload (startup is always measured)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     try:
@@ -152,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     proc_rt = ProcessRuntime(CORES).start(wait=True)
     start_proc = time.perf_counter() - t
     t = time.perf_counter()
-    ray_rt = RayRuntime(workers=CORES).start(wait=True)
+    # Room for the in-band runtime's actors too (the payload case), in the local Ray this one starts.
+    ray_rt = RayRuntime(workers=CORES, init_options={"num_cpus": 2 * CORES}).start(wait=True)
     start_ray = time.perf_counter() - t
     rts: dict[str, ProcessRuntime] = {"process": proc_rt, "ray": ray_rt}
+    pay: dict[str, dict[str, float]] = {}
     try:
         hop: dict[str, float] = {}
         thr: dict[str, dict[int, float]] = {"process": {}, "ray": {}}
@@ -168,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in only:
             say("fanout ...")
             fan = bench_fanout(rts, args.quick)
+        if "payload" in only:
+            say("payload ...")
+            inband = RayRuntime(workers=CORES, object_store_threshold=None).start(wait=True)
+            try:
+                pay = bench_payload({**rts, "ray in band": inband}, args.quick)
+            finally:
+                inband.shutdown()
     finally:
         ray_rt.shutdown()
         proc_rt.shutdown()
@@ -183,8 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     lines += [("fanout", f"8 x {ms} ms, wall", row["process"] * 1000, row["ray"] * 1000, "ms")
               for ms, row in fan.items()]
     table(lines)
+    if pay:
+        print("\nlarge payloads, def step -> def step (sender's return -> receiver holding it), median ms\n")
+        head = ("payload", "process", "ray", "ray in band", "ray / in band", "ray / process")
+        cells = [head] + [(label, *(f"{row[n] * 1000:,.1f}" for n in ("process", "ray", "ray in band")),
+                           f"{row['ray'] / row['ray in band']:.3f}x", f"{row['ray'] / row['process']:.2f}x")
+                          for label, row in pay.items()]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+        for n, c in enumerate(cells):
+            print("  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip())
+            if n == 0:
+                print("  ".join("-" * w for w in widths))
     figures: dict[str, Any] = {"cores": CORES, "startup_s": {"process": start_proc, "ray": start_ray},
-                               "hop_us": hop, "throughput": thr, "fanout_s": fan}
+                               "hop_us": hop, "throughput": thr, "fanout_s": fan, "payload_s": pay}
     if fan:
         extra, model, within = crossover(fan)
         print(f"\nfan-out physical floor (8 x work / {CORES} cores): "

@@ -43,7 +43,7 @@ def plot(data: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime.wire.codec import OOB_THRESHOLD
+    from runtime.wire.oob import OOB_THRESHOLD
 
     seconds = data["raw"]["payload"]["seconds"]
     series: dict[str, list[tuple[int, float]]] = {}

@@ -32,7 +32,7 @@ from runtime.run.snapshot import seed
 from runtime.run.state import RunState
 from runtime.supervisor.supervisor import Supervisor, SupervisorState
 from runtime.wire import segments as shm
-from runtime.wire.segments import SegmentTable
+from runtime.wire.segment_table import SegmentTable
 from runtime.workers.process.launcher import ProcessLauncher
 from runtime.workers.process.reaper import REAPER
 
@@ -89,7 +89,7 @@ class ProcessRuntime(Engine):
         self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed, frozenset[int]]] = {}
         self._dead_keys: collections.deque[int] = collections.deque()
         if self._segments is not None:
-            self._sup.codec.segments = self._segments
+            self._sup.codec.oob = self._segments
         register(self)
 
     # --- lifecycle -------------------------------------------------------------------------------------

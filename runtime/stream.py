@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from typing import IO, Any, Callable
 
-from runtime.wire.codec import materialize, payload_size
+from runtime.wire.oob import materialize, payload_size
 
 END: Any = object()
 MEMORY_LIMIT = 32 << 20  # bytes of events held in memory per unread stream before spilling to disk

@@ -8,6 +8,12 @@ Ray's own processes (gcs_server, raylet, its agents and worker processes, includ
 workers) are children of this process while Ray runs, so this module overrides the per-test leak check to
 ignore them; whether a killed worker's process is gone is asserted where it matters, with ``pid_gone``.
 
+Large payloads (issue 13): a 50 MB ``bytes`` and a 50 MB numpy payload through a chain of ``def`` steps arrive
+whole on both engines, and nothing of them is held once the runs end (shared memory segments; on Ray, the
+object store back to its baseline, read with Ray's memory API); small payloads stay in band; on Ray, a payload
+already routed when the actor that produced it is SIGKILLed or hard-cancelled is still read whole, and a
+buffer Ray lost fails its reader with a ``PayloadError`` that says so.
+
 Two Ray-only tests run in a child interpreter, each with a Ray of its own: a ``RayRuntime`` without an address
 starts a local Ray and ends it (and ``import runtime`` does not import ray), and a node of a (simulated,
 ``ray.cluster_utils.Cluster``) cluster lost mid-step fails the run clearly while the pool moves on to another
@@ -17,6 +23,8 @@ node.
 from __future__ import annotations
 
 import asyncio
+import gc
+import hashlib
 import json
 import os
 import signal
@@ -29,14 +37,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 from conftest import pid_gone, wait_until
 
 from actors import (
-    ConstantDelayRetryPolicy, Context, Event, HumanResponseEvent, InputRequiredEvent, RemoteTraceback,
-    StartEvent, StopEvent, WorkerCrashedError, Workflow, WorkflowCancelledByUser, WorkflowCancelledEvent,
-    WorkflowTimedOutEvent, WorkflowTimeoutError, step,
+    ConstantDelayRetryPolicy, Context, Event, HumanResponseEvent, InputRequiredEvent, PayloadError,
+    RemoteTraceback, StartEvent, StopEvent, WorkerCrashedError, Workflow, WorkflowCancelledByUser,
+    WorkflowCancelledEvent, WorkflowTimedOutEvent, WorkflowTimeoutError, step,
 )
 from runtime import ProcessRuntime
 
@@ -96,8 +105,9 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     ray = pytest.importorskip("ray")
     # Logical CPUs: a runtime's two actors plus room for the ones a hard cancel or a crash respawns
     # while the dead one's CPU is being released.
+    # The store holds the large-payload tests' 50 MB buffers (a start event and the hops' results at once).
     ray.init(include_dashboard=False, log_to_driver=False, num_cpus=4,
-             object_store_memory=100 * 1024 * 1024)
+             object_store_memory=300 * 1024 * 1024)
     try:
         yield "ray"
         assert wait_until(lambda: not [p for p in _ray_processes() if "RayWorker" in p], 15), (
@@ -275,6 +285,108 @@ class Double(Workflow):
     @step
     def double(self, ev: StartEvent) -> StopEvent:
         return StopEvent(result=ev.i * 2)
+
+
+class Payload(Event):
+    data: Any
+
+
+class Forwarded(Event):
+    data: Any
+
+
+class Hold(Event):
+    gate: str
+
+
+def describe(data: Any) -> dict[str, Any]:
+    """What a step received: its type, size, content digest and, for arrays and views, writability."""
+    out: dict[str, Any] = {"type": type(data).__name__, "pid": os.getpid()}
+    if isinstance(data, np.ndarray):
+        out.update(dtype=str(data.dtype), shape=data.shape, writeable=bool(data.flags.writeable))
+    elif isinstance(data, memoryview):
+        out.update(readonly=data.readonly)
+    out["digest"] = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+    out["nbytes"] = memoryview(data).nbytes
+    return out
+
+
+class PayloadChain(Workflow):
+    """def -> def -> def: the payload of the start event sent on, forwarded, then described."""
+
+    @step
+    def first(self, ev: StartEvent) -> Payload:
+        return Payload(data=ev.data)
+
+    @step
+    def second(self, ev: Payload) -> Forwarded:
+        return Forwarded(data=ev.data)
+
+    @step
+    def third(self, ev: Forwarded) -> StopEvent:
+        return StopEvent(result=describe(ev.data))
+
+
+class QueuedPayload(Workflow):
+    """``make`` (def) says where it runs, sends ``Hold`` and returns a large payload; ``take`` (one at a time)
+    is held up by ``Hold`` until the gate file exists, so the payload waits, routed, in its queue."""
+
+    @step
+    def make(self, ctx: Context, ev: StartEvent) -> Payload | Hold:
+        ctx.write_event_to_stream(Started(pid=os.getpid()))
+        ctx.send_event(Hold(gate=ev.gate))
+        return Payload(data=bytes(range(256)) * (ev.size // 256))
+
+    @step(num_workers=1)
+    def take(self, ev: Hold | Payload) -> StopEvent | None:
+        if isinstance(ev, Hold):
+            deadline = time.monotonic() + WAIT
+            while not os.path.exists(ev.gate) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return None
+        return StopEvent(result=describe(ev.data))
+
+
+class Chunk(Event):
+    data: Any
+    i: int
+
+
+class Reuses(Workflow):
+    """A def step sends one array three times, changing it in between and after."""
+
+    @step
+    def send(self, ctx: Context, ev: StartEvent) -> Chunk | None:
+        buf = np.zeros(ev.n, dtype=np.int64)
+        for i in range(3):
+            buf[:] = i
+            ctx.send_event(Chunk(data=buf, i=i))
+        buf[:] = 99
+        return None
+
+    @step
+    def gather(self, ctx: Context, ev: Chunk) -> StopEvent | None:
+        got = ctx.collect_events(ev, [Chunk] * 3)
+        if got is None:
+            return None
+        return StopEvent(result=sorted((c.i, int(c.data.min()), int(c.data.max())) for c in got))
+
+
+class StreamsArray(Workflow):
+    @step
+    def make(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(Payload(data=np.arange(ev.n, dtype=np.int64)))
+        return StopEvent(result="streamed")
+
+
+class StreamsPayload(Workflow):
+    """A def step streams a large payload, then spins until it is killed."""
+
+    @step
+    def spin(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(Payload(data=np.arange(ev.n, dtype=np.int64)))
+        while True:
+            pass
 
 
 def first_started(handler: Any) -> Started:
@@ -462,6 +574,197 @@ def test_graceful_cancel_ends_a_run_of_async_steps_as_cancelled(rt: ProcessRunti
 def test_many_concurrent_runs_all_complete(rt: ProcessRuntime) -> None:
     handlers = [Pipeline(timeout=WAIT, runtime=rt).run(x=i) for i in range(40)]
     assert [h.result(timeout=WAIT)["x"] for h in handlers] == [i * 10 + 1 for i in range(40)]
+
+
+# --- large payloads (issue 13) -------------------------------------------------------------------------------
+def object_store_used() -> int:
+    """Bytes in Ray's object store now (Ray's memory API: what ``ray memory --stats-only`` reads)."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+    return int(reply.store_stats.object_store_bytes_used)
+
+
+def held_now(rt: ProcessRuntime) -> dict[str, int]:
+    gc.collect()
+    return rt.stats().shared_memory
+
+
+def released(rt: ProcessRuntime, engine: str, baseline: int) -> bool:
+    """Whether the runtime holds no large buffer any more and, on Ray, the object store is back to what it
+    held before the test (Ray frees an object a moment after its last reference goes)."""
+    def done() -> bool:
+        now = held_now(rt)
+        if engine == "ray":
+            return now["objects"] == 0 and now["bytes"] == 0 and object_store_used() <= baseline
+        return now["segments"] == 0 and now["bytes"] == 0
+
+    return wait_until(done, 20)
+
+
+def store_baseline(engine: str) -> int:
+    return object_store_used() if engine == "ray" else 0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["bytes", "numpy"])
+def test_a_50_mb_payload_through_a_chain_of_def_steps_arrives_whole_and_is_released_after(
+        rt: ProcessRuntime, engine: str, kind: str) -> None:
+    baseline = store_baseline(engine)
+    if kind == "bytes":
+        payload: Any = bytes(range(256)) * (50 * 2**20 // 256)
+    else:
+        payload = np.arange(50 * 2**20 // 8, dtype=np.float64)
+    handler = PayloadChain(timeout=WAIT, runtime=rt).run(data=payload)
+    info = handler.result(timeout=WAIT)
+    assert info["digest"] == hashlib.sha256(memoryview(payload).cast("B")).hexdigest()
+    assert info["nbytes"] == 50 * 2**20 and info["pid"] in rt.worker_pids()
+    if kind == "bytes":
+        assert info["type"] == "bytes"  # a private copy, of its own type
+    else:
+        assert info["type"] == "ndarray" and info["dtype"] == "float64" and info["shape"] == (payload.size,)
+        assert info["writeable"] is False  # a read-only view of the segment / the Ray object, no copy
+    stats = held_now(rt)
+    if engine == "ray":
+        # The start event put once by the driver; bytes arrive as copies, so each hop stores its own; a numpy
+        # array is a view of the object it came in, and is sent on as that object (no copy, no new object).
+        assert stats["put"] == 1 and stats["fetched"] == (2 if kind == "bytes" else 0), stats
+    del handler, info
+    assert released(rt, engine, baseline), (held_now(rt), engine == "ray" and object_store_used())
+
+
+@pytest.mark.timeout(120)
+def test_small_payloads_stay_in_band(rt: ProcessRuntime, engine: str) -> None:
+    baseline = store_baseline(engine)
+    before = held_now(rt)
+    small = PayloadChain(timeout=WAIT, runtime=rt).run(data=b"x" * 100_000).result(timeout=WAIT)
+    assert small["type"] == "bytes" and small["nbytes"] == 100_000
+    assert held_now(rt) == before  # no segment, no Ray object made, adopted or fetched
+    if engine == "ray":
+        assert object_store_used() <= baseline
+
+
+@pytest.mark.timeout(120)
+def test_a_large_buffer_changed_after_it_was_sent_arrives_as_it_was_when_sent(
+        rt: ProcessRuntime, engine: str) -> None:
+    baseline = store_baseline(engine)
+    got = Reuses(timeout=WAIT, runtime=rt).run(n=2**17).result(timeout=WAIT)
+    assert got == [(0, 0, 0), (1, 1, 1), (2, 2, 2)]
+    assert released(rt, engine, baseline), held_now(rt)
+
+
+@pytest.mark.timeout(180)
+def test_a_payload_routed_before_the_actor_that_made_it_was_killed_is_read_whole(
+        rt: ProcessRuntime, engine: str, tmp_path: Path) -> None:
+    if engine != "ray":
+        pytest.skip("Ray's ownership: an object dies with its owner (the process runtime's parent owns all)")
+    baseline = store_baseline(engine)
+    gate, size = tmp_path / "gate", 20 * 2**20
+    handler = QueuedPayload(timeout=WAIT, runtime=rt).run(gate=str(gate), size=size)
+    maker = first_started(handler)
+    # The payload reached the driver and waits in take's queue (the start event carries no large buffer).
+    assert wait_until(lambda: held_now(rt)["objects"] >= 1, WAIT), held_now(rt)
+    os.kill(maker.pid, signal.SIGKILL)
+    assert wait_until(lambda: pid_gone(maker.pid), 15)
+    assert wait_until(lambda: rt.stats().crashes >= 1, 30)  # Ray told the pool: the actor is dead
+    time.sleep(2)  # and Ray has had time to drop what the dead process owned (it would, were it the owner)
+    gate.touch()
+    info = handler.result(timeout=WAIT)
+    assert info["digest"] == hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
+    assert info["pid"] != maker.pid
+    del handler, info
+    assert released(rt, engine, baseline), (held_now(rt), object_store_used())
+
+
+@pytest.mark.timeout(180)
+def test_a_streamed_payload_is_read_whole_after_a_hard_cancel_killed_its_producer(
+        rt: ProcessRuntime, engine: str) -> None:
+    baseline = store_baseline(engine)
+    n = 2**20  # 8 MB: kept in memory by the stream (past 32 MB unread it would spill to disk)
+    handler = StreamsPayload(timeout=WAIT, runtime=rt).run(n=n)
+    key = "objects" if engine == "ray" else "segments"
+    assert wait_until(lambda: held_now(rt)[key] >= 1, WAIT), held_now(rt)  # streamed, not yet read
+    pids = rt.worker_pids()
+    assert handler.cancel() is True  # hard: the actor running the spinning def step is killed
+    assert wait_until(lambda: any(pid_gone(p) for p in pids), 15)
+    time.sleep(2)  # Ray has had time to drop what the dead process owned (it would, were it the owner)
+    got = [ev for ev in handler.iter_events(timeout=WAIT) if isinstance(ev, Payload)]
+    assert len(got) == 1 and np.array_equal(got[0].data, np.arange(n, dtype=np.int64))
+    assert got[0].data.flags.writeable is False
+    with pytest.raises(WorkflowCancelledByUser):
+        handler.result(timeout=WAIT)
+    del handler, got
+    assert released(rt, engine, baseline), held_now(rt)
+
+
+@pytest.mark.timeout(120)
+def test_a_buffer_ray_lost_fails_its_reader_with_a_payload_error_that_says_so(engine: str) -> None:
+    if engine != "ray":
+        pytest.skip("Ray only")
+    import ray
+
+    from runtime.wire.codec import Codec
+    from runtime.workers.ray.objects import RayBuffer
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def put(self, n: int) -> list[Any]:
+            return [ray.put(bytes(n))]
+
+    owner = Owner.remote()  # type: ignore[attr-defined]
+    (ref,) = ray.get(owner.put.remote(1 << 20))
+    ray.kill(owner, no_restart=True)  # the owner of the object dies: Ray drops it
+
+    def lost() -> bool:  # Ray learns of the owner's death a moment after the kill
+        try:
+            ray.get(ref, timeout=5)
+            return False
+        except ray.exceptions.OwnerDiedError:
+            return True
+
+    assert wait_until(lost, 30)
+
+    class Lost:  # an out-of-band store whose every buffer is that lost object
+        threshold = 1 << 16
+
+        def place(self, buffers: list[tuple[Any, int]]) -> list[Any]:
+            return [RayBuffer(ref, 1 << 20) for _ in buffers]
+
+    codec = Codec()
+    codec.oob = Lost()
+    packed = codec.pack(Payload(data=np.zeros(1 << 17, dtype=np.int64)))
+    assert len(packed.buffers) == 1
+    with pytest.raises(PayloadError, match="not in Ray's object store") as err:
+        codec.unpack(packed)
+    assert "Payload cannot be unpickled" in str(err.value)
+
+
+_READ_AFTER_SHUTDOWN = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    from runtime import RayRuntime
+    from test_conformance import Payload, StreamsArray
+
+    rt = RayRuntime(address="local", workers=1)
+    handler = StreamsArray(runtime=rt, timeout=120).run(n=2**20)
+    assert handler.result(120) == "streamed"  # its stream not read yet: the event is still pickled
+    held = rt.stats().shared_memory["objects"]
+    rt.shutdown()  # ends the Ray it started: what the driver still refers to is copied out of Ray first
+    got = [ev.data for ev in handler.iter_events(timeout=30) if isinstance(ev, Payload)]
+    print(json.dumps({"held": held, "equal": [bool(np.array_equal(a, np.arange(2**20))) for a in got]}))
+""")
+
+
+@pytest.mark.timeout(150)
+def test_a_large_streamed_event_is_read_whole_after_the_runtime_that_started_ray_shut_it_down() -> None:
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _READ_AFTER_SHUTDOWN], capture_output=True, text=True,
+                          env=env, timeout=140, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"held": 1, "equal": [True]}
 
 
 # --- the Ray runtime's own life ------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ nodes that declare custom resources, each a raylet of its own on this machine) a
 test; tests that need a node of their own add it and remove it. They check:
 
 - placement per step: a step asking for resources runs only on a node that has them, in one pool of workers
-  of different shapes;
+  of different shapes; a large payload made on one node is read whole on another, through Ray's object
+  store, and the store lets go of it after the run;
 - node loss mid-step: the run fails naming the step and the node, or, with a retry policy, the step runs
   again on another node that holds what it asked for;
 - a pool that follows the cluster: it grows when a node joins while work waits, asks an autoscaler for what
@@ -177,6 +178,26 @@ class Paint(Workflow):
         return StopEvent(result={"red": ev.red, "blue": ev.blue, "plain": node_id()})
 
 
+class Carried(Event):
+    data: Any
+    node: str
+
+
+class Across(Workflow):
+    """A large numpy payload made on the red node and read on the blue one."""
+
+    @step(resources={"red": 1})
+    def make(self, ev: StartEvent) -> Carried:
+        import numpy as np
+
+        return Carried(data=np.arange(ev.n, dtype=np.int64), node=node_id())
+
+    @step(resources={"blue": 1}, num_cpus=1)
+    def take(self, ev: Carried) -> StopEvent:
+        return StopEvent(result={"made": ev.node, "read": node_id(), "n": int(ev.data.size),
+                                 "sum": int(ev.data.sum()), "writeable": bool(ev.data.flags.writeable)})
+
+
 class Hold(Workflow):
     """``hold`` needs a green node, tells where it runs, and waits for ``release``."""
 
@@ -290,6 +311,29 @@ def test_each_step_runs_only_on_a_node_that_holds_the_resources_it_asked_for(nod
     assert set(stats.shapes) >= {"num_cpus=1", "num_cpus=1, resources={'red': 1}",
                                  "num_cpus=1, resources={'blue': 1}"}, stats
     assert stats.crashes == 0 and stats.launch_failures == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_large_payload_made_on_one_node_is_read_whole_on_another_and_released_after(nodes: Nodes) -> None:
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    def store_used() -> int:  # every node's object store (Ray's memory API, as `ray memory --stats-only`)
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+        return int(reply.store_stats.object_store_bytes_used)
+
+    baseline, n = store_used(), 2**20
+    rt = ray_runtime(nodes, min_workers=1, max_workers=4).start(wait=True)
+    try:
+        result = Across(runtime=rt, timeout=WAIT).run(n=n).result(timeout=WAIT)
+        stats = rt.stats().shared_memory
+        assert wait_until(lambda: rt.stats().shared_memory["objects"] == 0, 10), rt.stats().shared_memory
+    finally:
+        rt.shutdown()
+    assert result == {"made": nodes.ids["red"], "read": nodes.ids["blue"], "n": n, "sum": n * (n - 1) // 2,
+                      "writeable": False}
+    assert stats["fetched"] == 1 and stats["put"] == 0, stats  # stored once, on the red node
+    assert wait_until(lambda: store_used() <= baseline, 20), (store_used(), baseline)
 
 
 # --- node loss ----------------------------------------------------------------------------------------------

@@ -16,16 +16,10 @@ has no key. On the stream path (``pack(..., local_classes=True)``, used by the p
 it as bytes (``ClassEntry``) and unpickles it once, on the first reader's thread. Anything else defined in
 ``__main__`` or locally, and anything stdlib pickle refuses (lambdas), goes through cloudpickle by value.
 
-Large buffers, out of band: the C pickler hands every bytes-like payload of 64 KiB or more (``bytes``,
-``bytearray``, ``PickleBuffer``: so numpy arrays; and ``memoryview``, pickled through one) straight to its
-file's ``write`` as the original object, right after a flush ending with that payload's opcode header. The
-codec's file (``_Out``) recognises that pair; when the codec has a segment writer (``runtime.wire.segments``)
-and the payload is at least ``OOB_THRESHOLD`` bytes, it replaces header and payload by a persistent id, and
-the buffer is written once into shared memory and travels as a slice in ``Packed.buffers``. On the way in,
-``bytes`` and ``bytearray`` are copied out of the segment (they own their memory); a ``memoryview`` and a
-``PickleBuffer`` (numpy arrays) arrive as READ-ONLY views of the shared segment, without a copy
-(``arr.copy()`` for a writable array). A buffer that already lives in a mapped segment is sent again
-without a copy.
+Large buffers go out of band (``runtime.wire.oob``): the codec's file takes every bytes-like payload of at
+least its store's threshold out of the pickle, and the store (``Codec.oob``: shared memory segments for the
+process runtime, Ray's object store for the Ray runtime) gives an entry for it, carried in ``Packed.buffers``.
+Without a store everything is pickled in band.
 
 The key tables hold classes *weakly*, on both sides: an event class defined inside a function, per call, is
 released with the last workflow (definition) that uses it. In the parent its key dies with it and is never
@@ -38,10 +32,7 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import os
 import pickle
-import struct
-import sys
 import threading
 import types
 import weakref
@@ -53,23 +44,8 @@ from pydantic import BaseModel
 from actors import PayloadError
 from actors.host import Packed
 
-from runtime.wire import segments as shm
-
-# Buffers this large or larger go out of band (shared memory) when the codec can. Chosen by measurement
-# (perf/threshold.py, table in perf/README.md): a def step -> def step hop is faster out of band from ~96 KB
-# for bytes and from ~192 KB for numpy arrays (their receiver maps the segment), and from 128 KB the
-# supervisor thread spends less per hop, since it no longer copies the payload through both pipes. Override
-# with PROCFLOW_OOB_THRESHOLD (read when a process starts). The pickler streams a payload to its file as a
-# separate object only from 64 KiB on, so that is the lowest it can be.
-def _threshold(default: int = 128 << 10) -> int:
-    try:
-        return max(1 << 16, int(os.environ.get("PROCFLOW_OOB_THRESHOLD", default)))
-    except ValueError:
-        return default
-
-
-OOB_THRESHOLD = _threshold()
-
+from runtime.wire import oob
+from runtime.wire.oob import BufferFile, OutOfBand
 
 class _ByValue(Exception):
     """Raised inside the fast pickler when an object must be pickled by value."""
@@ -201,72 +177,14 @@ class ClassEntry:
         return (ClassEntry, (self.key, self.definition))
 
 
-# --- the pickler's file: where large buffers leave the pickle ---------------------------------------------
-_PID = struct.Struct("<ci")  # BININT, the persistent id; then BINPERSID
-_VIEW, _BYTES, _BYTEARRAY = 0, 1, 2
-
-
-def _header(n: int, writable: bool) -> bytes:
-    """The opcode header the C pickler writes before a large payload of ``n`` bytes (protocol 5)."""
-    if writable:
-        return b"\x96" + n.to_bytes(8, "little")  # BYTEARRAY8
-    if n <= 0xFFFFFFFF:
-        return b"B" + n.to_bytes(4, "little")  # BINBYTES
-    return b"\x8e" + n.to_bytes(8, "little")  # BINBYTES8
-
-
-class _Out:
-    """The file a payload is pickled into; takes large buffers out of the pickle (see the module docstring).
-
-    ``buffers`` collects ``(object, kind)``; the pickle refers to buffer ``i`` of kind ``k`` by the persistent
-    id ``4 * i + k``."""
-
-    __slots__ = ("parts", "buffers", "threshold")
-
-    def __init__(self, threshold: int | None) -> None:
-        self.parts: list[Any] = []
-        self.buffers: list[tuple[Any, int]] = []
-        self.threshold = threshold  # None: nothing leaves
-
-    def write(self, data: Any) -> None:
-        parts = self.parts
-        if self.threshold is not None and parts:
-            t = type(data)
-            if t is bytes:
-                # A flush of the pickler's own buffer is a fresh object only the pickler refers to; a payload
-                # is the caller's (referred to from its container as well).
-                if len(data) >= self.threshold and sys.getrefcount(data) > 3:
-                    if self._take(data, len(data), False, _BYTES):
-                        return
-            elif t is bytearray or t is pickle.PickleBuffer:
-                view = memoryview(data)
-                if view.nbytes >= self.threshold:
-                    kind = _BYTEARRAY if t is bytearray else _VIEW
-                    if self._take(data, view.nbytes, not view.readonly, kind):
-                        return
-        parts.append(data)
-
-    def _take(self, data: Any, n: int, writable: bool, kind: int) -> bool:
-        head = _header(n, writable)
-        last = self.parts[-1]
-        if not (type(last) is bytes and last.endswith(head)):
-            return False
-        self.parts[-1] = last[:-len(head)]
-        self.parts.append(_PID.pack(b"J", 4 * len(self.buffers) + kind) + b"Q")
-        self.buffers.append((data, kind))
-        return True
-
-    def getvalue(self) -> bytes:
-        return b"".join(self.parts)
-
-
 class Codec:
     """Pickles payloads for one process; both ends know the same ``key <-> class`` table (process-wide)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Where large buffers go (None: in band). A SegmentTable in the parent, a Creator in a worker.
-        self.segments: shm.Creator | None = None
+        # Where large buffers go (None: in band): a segment table or creator (runtime.wire.segments), or a
+        # Ray object store (runtime.workers.ray.objects).
+        self.oob: OutOfBand | None = None
         # Local keys of classes shipped by value on the stream path (see the module docstring).
         self._local_by_id: dict[int, int] = {}
         self._local_refs: dict[int, weakref.ref[type]] = {}
@@ -319,7 +237,7 @@ class Codec:
             buffers: tuple[Any, ...] = ()
 
             def persistent_load(self, pid: Any) -> Any:
-                return _buffer(self.buffers[pid >> 2], pid & 3)
+                return oob.load(self.buffers[pid >> 2], pid & 3)
 
         self._fast, self._value, self._unpickler = FastPickler, ValuePickler, BufferUnpickler
 
@@ -381,7 +299,7 @@ class Codec:
         (making them costs about as much as pickling a small event); a nested or failed use makes fresh ones."""
         pair = self._tls.__dict__.pop("pair", None)
         if pair is None:
-            out = _Out(threshold)
+            out = BufferFile(threshold)
             p = self._fast(out, protocol=pickle.HIGHEST_PROTOCOL)
         else:
             out, p = pair
@@ -401,7 +319,7 @@ class Codec:
             return result
         if local is not None:
             local.clear()
-        out = _Out(threshold)
+        out = BufferFile(threshold)
         vp = self._value(out, protocol=pickle.HIGHEST_PROTOCOL)
         vp.keys = keys
         vp.dump(obj)
@@ -443,34 +361,18 @@ class Codec:
         cls = type(obj)
         route = self._routes.by_id.get(id(cls))
         key = route if type(route) is int else self._routes.key_of.get(cls, 0)
-        sink = self.segments
+        store = self.oob
         local: set[int] | None = set() if local_classes else None
-        data, buffers = self._dump(obj, OOB_THRESHOLD if sink is not None else None, local, keys)
+        data, buffers = self._dump(obj, store.threshold if store is not None else None, local, keys)
         classes = tuple(sorted(local)) if local else ()
         if not buffers:
             return Packed(cls.__qualname__, data, key, (), classes)
         try:
-            slices = self._place(sink, buffers)  # type: ignore[arg-type]
+            entries = store.place(buffers)  # type: ignore[union-attr]
         except OSError:
-            # No room in /dev/shm (or no descriptors): in band after all.
+            # No room (in /dev/shm, in the object store, no descriptors): in band after all.
             return Packed(cls.__qualname__, self._dump(obj, None, local, keys)[0], key, (), classes)
-        return Packed(cls.__qualname__, data, key, tuple(slices), classes)
-
-    def _place(self, sink: shm.Creator, buffers: list[tuple[Any, int]]) -> list[shm.Slice]:
-        """A slice for every out-of-band buffer: where it already lives (a view of a mapped segment), else
-        in one new segment."""
-        slices: list[shm.Slice | None] = [None] * len(buffers)
-        fresh: list[int] = []
-        for i, (obj, kind) in enumerate(buffers):
-            found = sink.existing(obj, memoryview(obj).nbytes) if kind == _VIEW else None
-            if found is None:
-                fresh.append(i)
-            else:
-                slices[i] = found
-        if fresh:
-            for i, made in zip(fresh, sink.create([buffers[i][0] for i in fresh])):
-                slices[i] = made
-        return slices  # type: ignore[return-value]
+        return Packed(cls.__qualname__, data, key, tuple(entries), classes)
 
     def unpack(self, packed: Packed) -> Any:
         """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
@@ -506,32 +408,3 @@ class Codec:
         for key, cls in table.items():
             self.register(key, cls)
         return workflow, spec, frozenset(table)
-
-
-def _buffer(entry: Any, kind: int) -> Any:
-    """An out-of-band buffer as its kind arrives: a read-only view of the segment (mapped), or a private
-    ``bytes``/``bytearray`` copy read from it (not mapped: the reader's memory grows by the copy only)."""
-    if type(entry) is tuple:
-        seg, off, n = entry
-        if kind == _VIEW:
-            return seg.view()[off:off + n]
-        return seg.read(off, n, writable=kind == _BYTEARRAY)
-    if kind == _BYTES:
-        return bytes(entry)
-    if kind == _BYTEARRAY:
-        return bytearray(entry)
-    return memoryview(entry).toreadonly()
-
-
-def payload_size(packed: Packed) -> int:
-    """Bytes a payload holds: its pickle and its out-of-band buffers."""
-    return len(packed.data) + sum(b[2] if type(b) is tuple else memoryview(b).nbytes for b in packed.buffers)
-
-
-def materialize(packed: Packed) -> Packed:
-    """The same payload with its out-of-band buffers copied into memory (no segment referred to): what a
-    stream spills to disk."""
-    if not packed.buffers:
-        return packed
-    copies = tuple(_buffer(b, _BYTES) for b in packed.buffers)
-    return Packed(packed.type_name, packed.data, packed.type_key, copies, packed.classes)

@@ -31,13 +31,18 @@ received until it lets go of it: a process keeping thousands of views alive at o
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import mmap
 import os
 import threading
 import weakref
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+from runtime.wire.addresses import AddressMap, buffer_address
+from runtime.wire.oob import OOB_THRESHOLD, VIEW
+
+if TYPE_CHECKING:
+    from runtime.wire.segment_table import SegmentTable
 
 SHM_DIR = "/dev/shm"
 AVAILABLE = os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
@@ -69,80 +74,7 @@ def _unlink(path: str, pid: int | None = None) -> bool:
         return False
 
 
-# --- the address of any buffer (to find a buffer that already lives in a mapped segment) -------------------
-_api: Any = None  # (PyObject_GetBuffer, PyBuffer_Release, the Py_buffer struct): ctypes, loaded on first use
-
-
-def _buffer_api() -> Any:
-    global _api
-    if _api is None:
-        import ctypes
-
-        class PyBuffer(ctypes.Structure):
-            _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
-                        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
-                        ("internal", ctypes.c_void_p)]
-
-        get = ctypes.pythonapi.PyObject_GetBuffer
-        get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
-        get.restype = ctypes.c_int
-        release = ctypes.pythonapi.PyBuffer_Release
-        release.argtypes = [ctypes.POINTER(PyBuffer)]
-        release.restype = None
-        _api = (get, release, PyBuffer, ctypes.byref)
-    return _api
-
-
-def buffer_address(obj: Any) -> int:
-    """The address of the first byte of ``obj``'s (contiguous) buffer."""
-    get, release, PyBuffer, byref = _buffer_api()
-    view = PyBuffer()
-    get(obj, byref(view), 0)  # PyBUF_SIMPLE: raises BufferError if not contiguous
-    try:
-        return view.buf or 0
-    finally:
-        release(byref(view))
-
-
-class _Mapped:
-    """Every segment mapped in this process, by address: which segment a buffer's bytes live in."""
-
-    def __init__(self) -> None:
-        # Re-entrant: a mapping's finalizer (remove) may run on this thread at any allocation made while
-        # the lock is held.
-        self._lock = threading.RLock()
-        self._bases: list[int] = []
-        self._entries: dict[int, tuple[int, weakref.ref[Any]]] = {}
-
-    def add(self, base: int, size: int, segment: Any) -> None:
-        with self._lock:
-            bisect.insort(self._bases, base)
-            self._entries[base] = (size, weakref.ref(segment))
-
-    def remove(self, base: int) -> None:
-        with self._lock:
-            if self._entries.pop(base, None) is not None:
-                i = bisect.bisect_left(self._bases, base)
-                if i < len(self._bases) and self._bases[i] == base:
-                    del self._bases[i]
-
-    def find(self, addr: int, nbytes: int) -> tuple[Any, int] | None:
-        """``(segment, offset)`` when ``addr .. addr + nbytes`` lies in a mapped segment."""
-        with self._lock:
-            i = bisect.bisect_right(self._bases, addr) - 1
-            if i < 0:
-                return None
-            base = self._bases[i]
-            size, ref = self._entries[base]
-        seg = ref()
-        if seg is None or addr + nbytes > base + size:
-            return None
-        return seg, addr - base
-
-
-MAPPED = _Mapped()
+MAPPED = AddressMap()  # every segment mapped in this process, by address
 
 
 class _Map(mmap.mmap):
@@ -354,11 +286,29 @@ def _write_file(path: str, parts: Sequence[Any]) -> tuple[list[int], int]:
 
 class Creator:
     """Writes segments under a creator prefix; used by workers (``Created``) and, through ``SegmentTable``,
-    by the parent."""
+    by the parent. A codec's out-of-band store (``runtime.wire.oob.OutOfBand``)."""
+
+    threshold = OOB_THRESHOLD
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._ids = itertools.count(1)
+
+    def place(self, buffers: list[tuple[Any, int]]) -> list[Slice]:
+        """A slice for every out-of-band buffer: where it already lives (a view of a mapped segment), else
+        in one new segment."""
+        slices: list[Slice | None] = [None] * len(buffers)
+        fresh: list[int] = []
+        for i, (obj, kind) in enumerate(buffers):
+            found = self.existing(obj, memoryview(obj).nbytes) if kind == VIEW else None
+            if found is None:
+                fresh.append(i)
+            else:
+                slices[i] = found
+        if fresh:
+            for i, made in zip(fresh, self.create([buffers[i][0] for i in fresh])):
+                slices[i] = made
+        return slices  # type: ignore[return-value]
 
     def _new_name(self) -> str:
         return f"{self.prefix}{next(self._ids)}"
@@ -395,147 +345,8 @@ class Creator:
         return (self._handle(name, seg.size), offset, nbytes)
 
 
-# --- the parent's side: one table per runtime -----------------------------------------------------------
-_serials = itertools.count(1)
-
-
-class SegmentTable(Creator):
-    """The segments one runtime owns: created by the parent, or adopted from its workers' messages.
-
-    ``bytes``/``count`` are what is held now (the runtime's stats); a segment goes when its last reference
-    does."""
-
-    def __init__(self) -> None:
-        self.pid = pid = os.getpid()
-        self.runtime_prefix = f"{NAME_HEAD}{pid}.{_starttime(pid) or 0}.{next(_serials)}."
-        super().__init__(self.runtime_prefix + "p.")
-        self._live: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
-        # Re-entrant: a segment's finalizer (_released) may run on this thread at any allocation made while
-        # the lock is held.
-        self._lock = threading.RLock()
-        self.bytes = 0
-        self.count = 0
-        self.created = 0
-        self.adopted = 0
-        self.unlinked = 0
-        self.closed = False
-        _TABLES[self.runtime_prefix] = self
-
-    def creator_prefix(self, creator: int | str) -> str:
-        """The prefix a worker numbered ``creator`` writes under."""
-        return f"{self.runtime_prefix}{creator}."
-
-    def _handle(self, name: str, size: int) -> _Segment:
-        with self._lock:
-            self.created += 1
-            return self._track(name, size)
-
-    def _track(self, name: str, size: int) -> Segment:
-        seg = Segment(name, size, self)
-        self._live[name] = seg
-        self.bytes += size
-        self.count += 1
-        return seg
-
-    def _reuse(self, seg: _Segment, offset: int, nbytes: int) -> Slice | None:
-        if isinstance(seg, Segment) and seg.table is self:
-            return (seg, offset, nbytes)  # ours: the slice keeps it alive
-        return super()._reuse(seg, offset, nbytes)
-
-    def adopt(self, name: str, size: int) -> Segment:
-        """The segment ``name`` (a worker's, or ours sent back): the live handle if there is one."""
-        with self._lock:
-            seg = self._live.get(name)
-            if seg is None:
-                self.adopted += 1
-                seg = self._track(name, size)
-                if self.closed:
-                    seg._pin()
-                    _unlink(seg.path)
-            return seg
-
-    def _released(self, name: str, size: int, fd_box: list[int]) -> None:
-        # The last reference went (a finalizer: any thread).
-        if os.getpid() != self.pid:
-            return  # a copy in a child made by os.fork(): the segment is the parent's
-        if fd_box[0] >= 0:
-            _close_fd(fd_box[0])
-        with self._lock:
-            self.bytes -= size
-            self.count -= 1
-            closed = self.closed
-            if not closed:
-                self.unlinked += 1
-        if not closed:
-            _unlink(f"{SHM_DIR}/{name}")
-
-    def forget_creator(self, creator: int | str) -> int:
-        """Unlink what the worker ``creator`` wrote and the parent never adopted (it died, or its last
-        frames were never read); the count."""
-        head = self.creator_prefix(creator)
-        removed = 0
-        for name in _listdir():
-            if name.startswith(head) and name not in self._live:
-                removed += _unlink(f"{SHM_DIR}/{name}")
-        return removed
-
-    def close(self) -> int:
-        """The runtime shut down: unlink every name with its prefix (live handles keep their data through an
-        open descriptor, so a view or a Packed still held keeps working); the count unlinked."""
-        with self._lock:
-            self.closed = True
-            live = list(self._live.values())
-        for seg in live:
-            seg._pin()
-        removed = 0
-        for name in _listdir():
-            if name.startswith(self.runtime_prefix):
-                removed += _unlink(f"{SHM_DIR}/{name}")
-        _TABLES.pop(self.runtime_prefix, None)
-        return removed
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"segments": self.count, "bytes": self.bytes, "created": self.created,
-                    "adopted": self.adopted, "unlinked": self.unlinked}
-
-
 def _listdir() -> list[str]:
     try:
         return os.listdir(SHM_DIR)
     except OSError:
         return []
-
-
-_orphans_checked = False
-
-
-def remove_orphans_once() -> int:
-    """``remove_orphans()``, the first time a process calls it."""
-    global _orphans_checked
-    if _orphans_checked or not AVAILABLE:
-        return 0
-    _orphans_checked = True
-    return remove_orphans()
-
-
-def remove_orphans() -> int:
-    """Unlink the segments of procflow parents that are gone (SIGKILLed before anything could clean up):
-    names whose parent pid and start time no longer name a live process. The count."""
-    removed = 0
-    alive: dict[tuple[str, str], bool] = {}
-    for name in _listdir():
-        if not name.startswith(NAME_HEAD):
-            continue
-        parts = name.split(".")
-        if len(parts) < 6:
-            continue
-        key = (parts[1], parts[2])
-        if key not in alive:
-            try:
-                alive[key] = str(_starttime(int(parts[1]))) == parts[2]
-            except ValueError:
-                alive[key] = True
-        if not alive[key]:
-            removed += _unlink(f"{SHM_DIR}/{name}")
-    return removed

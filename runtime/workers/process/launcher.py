@@ -41,7 +41,7 @@ from runtime.pool.link import Launcher, WorkerLink
 
 if TYPE_CHECKING:
     import psutil
-from runtime.wire.segments import SegmentTable, remove_orphans_once
+from runtime.wire.segment_table import SegmentTable, remove_orphans_once
 from runtime.workers.process.channel import Channel
 from runtime.workers.process.forkserver import FromParent, prepare
 from runtime.workers.process.main import worker_main

@@ -104,7 +104,7 @@ class WorkerMailbox(PipeInbox):
         self._out_fd = outbox.fileno()
         self._writer = FrameWriter(self._write)
         if segment_prefix and shm.AVAILABLE:
-            self._codec.segments = shm.Creator(segment_prefix)
+            self._codec.oob = shm.Creator(segment_prefix)
         self._classes_sent: set[int] = set()  # local class keys whose definition went to the parent
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:

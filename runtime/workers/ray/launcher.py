@@ -32,6 +32,7 @@ from actors import ResourceRequest
 from runtime.pool.link import Launcher, WorkerLink
 from runtime.workers.ray.actor import RemoteWorker
 from runtime.workers.ray.link import RayLink, Starting
+from runtime.workers.ray.objects import RayObjects, keep_in_memory
 
 log = logging.getLogger("procflow")
 
@@ -58,6 +59,7 @@ class RayLauncher(Launcher):
         self.launch_timeout = launch_timeout
         self.request_resources = request_resources
         self.workers = 1  # set by RayRuntime (sizes a local Ray instance)
+        self.objects: RayObjects | None = None  # set by RayRuntime: large buffers through the object store
         self._node_id: str | None = None
         self._holds_session = False
         self._connected = False
@@ -97,7 +99,8 @@ class RayLauncher(Launcher):
             self._node_id = local_node_id()
 
     def disconnect(self) -> None:
-        """Give back the connection; the last runtime using one this module opened calls ray.shutdown."""
+        """Give back the connection; the last runtime using one this module opened calls ray.shutdown (the
+        large buffers still referred to are copied into this process first: their readers come later)."""
         with self._lock:
             if not self._connected:
                 return
@@ -157,8 +160,9 @@ class RayLauncher(Launcher):
         if self.closing.is_set():
             raise RuntimeError(f"the runtime is shutting down: worker {index} is not started")
         options = {**self.actor_options, **ray_options(shape), "max_restarts": 0, "max_task_retries": 0}
-        actor = RemoteWorker.options(**options).remote(list(sys.path))
-        return Starting(actor, shape, self.launch_timeout, self._node_id, self.closing)
+        threshold = self.objects.threshold if self.objects is not None else None
+        actor = RemoteWorker.options(**options).remote(list(sys.path), threshold)
+        return Starting(actor, shape, self.launch_timeout, self._node_id, self.closing, self.objects)
 
     def attach(self, loop: asyncio.AbstractEventLoop, launched: Any,
                on_message: Callable[[object], None], on_death: Callable[[], None]) -> WorkerLink:
@@ -257,4 +261,5 @@ def _session_release() -> None:
         _session_users -= 1
         if _session_users <= 0 and _session_ours:
             _session_ours, _session_users = False, 0
+            keep_in_memory()  # what the runtimes' results, streams and stores still refer to
             ray.shutdown()

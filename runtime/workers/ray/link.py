@@ -1,13 +1,15 @@
 """The driver's side of one Ray worker actor: ``RayLink``, the pool's handle on it.
 
     supervisor -> worker:  RayLink.send(msg): pickled, framed, coalesced per loop iteration (as Channel does)
-                           -> actor.deliver.remote(seq, frames)        kept until a drain's answer says the
+                           -> actor.deliver.remote(seq, frames, refs)  kept until a drain's answer says the
                                                                        actor has it; one that stays unacked
                                                                        and failed as unavailable is sent
                                                                        again (same seq)
     worker -> supervisor:  bridge thread: first actor.ping() (its pid and node; a worker that does not
                            answer within launch_timeout never started), then a long poll of
-                           actor.drain(batch), one call in flight -> unpickle -> loop.call_soon_threadsafe
+                           actor.drain(batch), one call in flight [-> actor.fetch(batch) if the batch
+                           carries large buffers: stored by Ray, owned by the driver] -> unpickle ->
+                           loop.call_soon_threadsafe
     death:                 the pending call raises (killed, crashed, node lost) -> call_soon_threadsafe(
                            on_death), after every message already drained. ``ActorUnavailableError`` (Ray
                            cannot reach the actor for now) is retried for up to UNAVAILABLE_GRACE s first.
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import re
 import signal
 import threading
@@ -34,14 +35,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 import ray
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
 from runtime.pool.link import WorkerLink
 from runtime.wire.framing import frame
+from runtime.workers.ray import objects
 from runtime.workers.ray.actor import DRAIN_POLL
 
 if TYPE_CHECKING:
     from actors import ResourceRequest
+
+    from runtime.workers.ray.objects import RayObjects
 
 log = logging.getLogger("procflow")
 
@@ -59,6 +63,7 @@ class Starting:
     launch_timeout: float
     local_node: str | None  # this process's Ray node (None: no actor is local, as under Ray Client)
     closing: threading.Event  # set at shutdown: a start in progress gives up
+    objects: RayObjects | None = None  # the driver's table of large buffers (None: all in band)
 
 
 class _Gone(Exception):
@@ -79,11 +84,13 @@ class RayLink(WorkerLink):
         self.launch_timed_out = False
         self._on_message, self._on_death = on_message, on_death
         self._frames: list[bytes] = []
+        self._refs: list[Any] = []  # the ObjectRefs the queued frames name (they go in the same call)
         self._seq = 0
         self._flush_pending = False
         self._closed = False  # loop thread only
         self._stopping = threading.Event()  # tells the bridge to stop (close() before a death was seen)
-        self._unacked: deque[tuple[int, bytes, Any, float]] = deque()  # (seq, frames, ref, sent at)
+        # (seq, frames, the ObjectRefs they name, the call's ref, sent at)
+        self._unacked: deque[tuple[int, bytes, list[Any], Any, float]] = deque()
         self._unacked_lock = threading.Lock()
         self._kill_lock = threading.Lock()
         self._killed = False
@@ -98,7 +105,7 @@ class RayLink(WorkerLink):
         """Queue ``msg``; the frames of one loop iteration leave in one ``deliver`` call at its end."""
         if self._closed:
             return
-        self._frames.append(frame(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)))
+        self._frames.append(frame(objects.dumps(msg, self._refs, None)))
         if not self._flush_pending:
             self._flush_pending = True
             self.loop.call_soon(self._flush)
@@ -109,17 +116,18 @@ class RayLink(WorkerLink):
             return
         data = b"".join(self._frames)
         self._frames.clear()
-        self._deliver(self._seq, data)
+        refs, self._refs = self._refs, []
+        self._deliver(self._seq, data, refs)
         self._seq += 1
 
-    def _deliver(self, seq: int, data: bytes) -> None:
+    def _deliver(self, seq: int, data: bytes, refs: list[Any]) -> None:
         try:
-            ref = self.actor.deliver.remote(seq, data)
+            ref = self.actor.deliver.remote(seq, data, refs)
         except Exception as exc:  # noqa: BLE001 -- Ray going away; the bridge reports the death
             log.warning("procflow: delivering to Ray worker pid %d failed: %r", self.pid, exc)
             return
         with self._unacked_lock:
-            self._unacked.append((seq, data, ref, time.monotonic()))
+            self._unacked.append((seq, data, refs, ref, time.monotonic()))
 
     # --- from the actor (bridge thread) -----------------------------------------------------------------
     def _run(self) -> None:
@@ -168,19 +176,53 @@ class RayLink(WorkerLink):
         batch, unreachable_since = 1, 0.0
         while not self._stopping.is_set():
             try:
-                acked, data = ray.get(self.actor.drain.remote(batch))
+                acked, data, tokens = ray.get(self.actor.drain.remote(batch))
             except ActorUnavailableError as exc:
                 unreachable_since = self._unreachable(unreachable_since, exc)
                 continue
             if unreachable_since:
                 log.warning("procflow: Ray worker pid %d%s is reachable again", self.pid, self.where())
                 unreachable_since = 0.0
+            self._received(batch, data, tokens)
             batch += 1
-            if data:
-                msgs = [pickle.loads(item) for item in data]
-                self.loop.call_soon_threadsafe(self._hand_over, msgs)
             if self._forget_delivered(acked):
                 self._check_deliveries()
+
+    def _received(self, batch: int, data: list[bytes], tokens: list[int]) -> None:
+        """Hand a drained batch to the loop, its large buffers fetched first. (A function of its own: the
+        pump's frame, waiting on the next drain, must not keep this batch's messages and buffers alive.)"""
+        gone: _Gone | None = None
+        fetched: dict[int, Any] = {}
+        if tokens:
+            try:
+                fetched = self._fetch(batch, tokens)
+            except _Gone as exc:
+                gone = exc  # the messages still go, then the death (their buffers say they are lost)
+        if data:
+            msgs = objects.loads(data, fetched, self._starting.objects)
+            self.loop.call_soon_threadsafe(self._hand_over, msgs)
+        if gone is not None:
+            raise gone
+
+    def _fetch(self, batch: int, tokens: list[int]) -> dict[int, Any]:
+        """Have the actor return the large buffers of ``batch``: Ray stores each once, on the actor's node,
+        owned by this driver (the caller). Returns once the call has finished, so that whatever the
+        supervisor routes is already the driver's; if the actor died first, each buffer's ref carries
+        that error to its reader."""
+        since = 0.0
+        while True:
+            first, *refs = self.actor.fetch.options(num_returns=len(tokens) + 1).remote(batch)
+            try:
+                while not self._stopping.is_set():
+                    with contextlib.suppress(GetTimeoutError):
+                        ray.get(first, timeout=1.0)
+                        break
+            except ActorUnavailableError as exc:
+                since = self._unreachable(since, exc)  # raises _Gone once it has lasted too long
+                continue
+            except Exception as exc:  # noqa: BLE001 -- the actor died: the next drain says so
+                log.debug("procflow: fetching large buffers from Ray worker pid %d: %r", self.pid, exc)
+            return dict(zip(tokens, refs))
 
     def _unreachable(self, since: float, exc: BaseException) -> float:
         """Ray cannot reach the actor for now: wait a little and go on, up to UNAVAILABLE_GRACE s."""
@@ -201,7 +243,7 @@ class RayLink(WorkerLink):
         with self._unacked_lock:
             while self._unacked and self._unacked[0][0] < acked:
                 self._unacked.popleft()
-            return bool(self._unacked) and time.monotonic() - self._unacked[0][3] > DELIVERY_CHECK
+            return bool(self._unacked) and time.monotonic() - self._unacked[0][4] > DELIVERY_CHECK
 
     def _check_deliveries(self) -> None:
         """Send again, with the same ``seq``, deliveries whose call Ray could not get through."""
@@ -209,24 +251,24 @@ class RayLink(WorkerLink):
             pending = list(self._unacked)
         if not pending:
             return
-        done, _ = ray.wait([item[2] for item in pending], num_returns=len(pending), timeout=0)
+        done, _ = ray.wait([item[3] for item in pending], num_returns=len(pending), timeout=0)
         finished = set(done)
-        retry: list[tuple[int, bytes]] = []
-        for seq, data, ref, _ in pending:
+        retry: list[tuple[int, bytes, list[Any]]] = []
+        for seq, data, refs, ref, _ in pending:
             if ref not in finished:
                 continue
             try:
                 ray.get(ref)
             except ActorUnavailableError:
-                retry.append((seq, data))
+                retry.append((seq, data, refs))
             except Exception:  # noqa: BLE001 -- the actor is dead: the drain says so
                 pass
         with self._unacked_lock:
-            self._unacked = deque(item for item in self._unacked if item[2] not in finished)
-        for seq, data in retry:
+            self._unacked = deque(item for item in self._unacked if item[3] not in finished)
+        for seq, data, refs in retry:
             log.warning("procflow: Ray worker pid %d%s was unreachable for a delivery; retrying it",
                         self.pid, self.where())
-            self._deliver(seq, data)
+            self._deliver(seq, data, refs)
 
     def _hand_over(self, msgs: list[object]) -> None:
         for msg in msgs:

@@ -9,9 +9,12 @@ anywhere in the cluster:
     link.py       the driver's side of one actor: RayLink (calls, retries, death, kill, where it runs)
     launcher.py   RayLauncher: shapes of actors, the cluster's room, the autoscaler's demand, the connection
     ray.py        RayRuntime: the options, and the pool's limits (a pool that follows the cluster)
+    objects.py    large buffers as Ray objects: put once, owned by the driver, read zero-copy
 
 Events and state travel as Ray actor calls and their results (Ray's transport and object store); the pipe
 inside an actor only hands bytes from Ray's call thread to the host's loop, as the host's reader expects.
+Large buffers (128 KiB and more) go into Ray's object store once, owned by the driver, and only their
+ObjectRefs travel through it (``objects.py``).
 
 Import it as ``from runtime import RayRuntime`` (the ``ray`` extra). The workers import procflow and the
 modules your workflows live in: on a cluster install them on every node or ship them with
@@ -32,7 +35,10 @@ import ray  # noqa: F401
 
 from runtime.default import shut_down_each
 from runtime.process_runtime import ProcessRuntime, RuntimeState
+from runtime.wire.oob import OOB_THRESHOLD, threshold_of
+from runtime.workers.ray import objects
 from runtime.workers.ray.launcher import RayLauncher
+from runtime.workers.ray.objects import RayObjects
 
 
 class RayRuntime(ProcessRuntime):
@@ -66,6 +72,11 @@ class RayRuntime(ProcessRuntime):
         request_resources: while work waits for room, tell an autoscaler the shapes the pool wants
             (``ray.autoscaler.sdk.request_resources``; withdrawn once nothing waits). It replaces any
             request made with that call before, by anyone: pass False if something else manages it.
+        object_store_threshold: a buffer of at least this many bytes (``bytes``, ``bytearray``, a numpy
+            array, a ``memoryview``) inside an event, a result, a store value or a reply is put into Ray's
+            object store once and read there (zero-copy for arrays and memoryviews, which arrive read-only);
+            only its reference passes through the driver. Default: ``PROCFLOW_OOB_THRESHOLD`` or 128 KiB (64
+            KiB at least); None keeps every payload in band, inside the actor calls.
         kill_grace, cancel_grace, max_restarts, restart_window, async_capacity: as ``ProcessRuntime``.
 
     Import it as ``from runtime import RayRuntime`` (ray is an optional extra: ``pip install
@@ -78,12 +89,14 @@ class RayRuntime(ProcessRuntime):
                  init_options: dict[str, Any] | None = None, launch_timeout: float = 120.0,
                  request_resources: bool = True, kill_grace: float = 0.1, cancel_grace: float = 1.0,
                  max_restarts: int | None = None, restart_window: float = 10.0,
-                 async_capacity: int = 64) -> None:
+                 async_capacity: int = 64, object_store_threshold: int | None = OOB_THRESHOLD) -> None:
         low, high = _limits(workers, min_workers, max_workers)
         launcher = RayLauncher(address, num_cpus_per_worker=num_cpus_per_worker,
                                actor_options=actor_options, init_options=init_options,
                                launch_timeout=launch_timeout, request_resources=request_resources)
         launcher.workers = high if high is not None else low
+        threshold = threshold_of(object_store_threshold)
+        self._objects = launcher.objects = RayObjects(threshold) if threshold is not None else None
         super().__init__(max(low, 1), kill_grace=kill_grace, cancel_grace=cancel_grace,
                          max_restarts=max_restarts if max_restarts is not None else 5 * max(low, high or 4),
                          restart_window=restart_window, async_capacity=async_capacity, _launcher=launcher)
@@ -92,6 +105,7 @@ class RayRuntime(ProcessRuntime):
         self._sup.pool.resize(low, high, idle_timeout)
         self.address = address
         self._ray_launcher = launcher
+        self._sup.codec.oob = self._objects
         _RAY_RUNTIMES.add(self)
 
     def start(self, wait: bool = False, timeout: float = 60.0) -> RayRuntime:
@@ -104,6 +118,14 @@ class RayRuntime(ProcessRuntime):
 
     def __enter__(self) -> RayRuntime:
         return self.start()
+
+    def _shared_memory(self) -> dict[str, int]:
+        """Large buffers in Ray's object store that the driver refers to: ``objects`` and ``bytes`` held now
+        (by events, stream items, store values or snapshots), ``put`` by the driver and ``fetched`` from
+        workers so far, ``released``."""
+        if self._objects is None:
+            return {"objects": 0, "bytes": 0, "put": 0, "fetched": 0, "released": 0}
+        return self._objects.stats()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """End every worker actor, then the Ray connection if this runtime opened it. Idempotent."""
@@ -142,5 +164,7 @@ _RAY_RUNTIMES: weakref.WeakSet[RayRuntime] = weakref.WeakSet()
 @atexit.register
 def _shutdown_ray_runtimes() -> None:
     # Registered after ``import ray`` (by launcher.py), so it runs before Ray's own atexit ray.shutdown
-    # (atexit is LIFO): the workers are ended while Ray can still reach them.
+    # (atexit is LIFO): the workers are ended while Ray can still reach them. Nothing is left to read the
+    # large buffers the runtimes hold, so none is copied out of Ray first.
+    objects.EXITING = True
     shut_down_each(_RAY_RUNTIMES)
