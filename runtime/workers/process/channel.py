@@ -12,11 +12,12 @@ half-written frame never stalls the loop) and decoded by ``_received``; what goe
 per loop iteration by the shared ``FrameWriter`` (``runtime.wire.writer``), then handed to the transport,
 which buffers what the pipe does not take at once (a worker slow to read never blocks the supervisor).
 
-Frames in (``runtime.wire.raw``): pickled messages; raw ``Publish`` frames, passed on still pickled (the
-event is unpickled by the stream's reader, never here) with the definitions of the worker's local classes
-kept as bytes in this channel's table; ``Ack`` and ``Forget`` handled here. Frames out that name shared
-memory segments (an ``Invoke`` or ``Reply`` carrying a large payload) hold those segments here until the
-worker acknowledges it has opened them: the parent may drop its own last reference meanwhile.
+Frames in (``runtime.wire.raw``): pickled messages; raw ``Done`` frames (the result stays pickled: it is
+routed by class key); raw ``Publish`` frames, passed on still pickled (the event is unpickled by the stream's
+reader, never here) with the definitions of the worker's local classes kept as bytes in this channel's table;
+``Ack`` and ``Forget`` handled here. Frames out: a plain first ``Invoke`` raw, the rest pickled; those that
+name shared memory segments (an ``Invoke`` or ``Reply`` carrying a large payload) hold those segments here
+until the worker acknowledges it has opened them: the parent may drop its own last reference meanwhile.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class Channel:
                 return
             try:
                 tag = payload[0]
-                if tag == raw.PICKLE:
+                if tag == raw.DONE:
+                    msg = raw.parse_done(payload)
+                elif tag == raw.PICKLE:
                     msg = pickle.loads(payload)
                 elif tag == raw.PUBLISH:
                     msg = raw.parse_publish(payload, self._classes)
@@ -165,6 +168,11 @@ class Channel:
         many small syscalls (each waking the worker) into one."""
         if self._closed:
             return
+        if type(msg) is Invoke:
+            found = raw.invoke_parts(msg)  # type: ignore[arg-type]
+            if found is not None:
+                self._writer.write_parts(*found)
+                return
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         segments = _held_segments(msg)
         if segments:
