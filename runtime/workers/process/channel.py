@@ -137,6 +137,7 @@ class Channel:
         for payload in self._parser.feed(data):
             if self._closed:
                 return
+            msg: object
             try:
                 tag = payload[0]
                 if tag == raw.DONE:
