@@ -116,7 +116,15 @@ class EventStream:
 
     def put_lazy(self, fn: Callable[..., Any], *args: Any) -> None:
         """An event ``fn(*args)`` builds, on the reader's thread, when a reader takes it."""
-        self._append(_Lazy(fn, args), _SMALL)
+        item = _Lazy(fn, args)
+        with self._lock:  # twice per invocation: the common case (in memory, room left) inline
+            if self._spill is None and self._bytes + _SMALL <= self._limit and not self._closed:
+                self._items.append((item, _SMALL))
+                self._bytes += _SMALL
+                if self._sync_waiting or self._waiters:
+                    self._wake_locked()
+                return
+        self._append(item, _SMALL)
 
     def put_packed(self, packed: Any) -> None:
         """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it. Its out-of-band
