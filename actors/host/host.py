@@ -179,14 +179,15 @@ class ActorHost:
 
     async def _run(self, msg: Invoke) -> object:
         """The invocation's task: returns its outcome message (``_finished`` sends it)."""
-        if msg.workflow not in self.workflows:
+        found = self.workflows.get(msg.workflow)
+        if found is None:
             cause = self.load_errors.get(msg.workflow)
             error = WorkflowRuntimeError(
                 f"worker {self.pid} could not load the workflow's definition to run step '{msg.step}': "
                 f"{cause!r}")
             error.__cause__ = cause  # its traceback travels in the Failed message's text
             return self._failed(msg, error)
-        workflow, wspec = self.workflows[msg.workflow]
+        workflow, wspec = found
         if wspec.steps[msg.step].is_async:
             return await self._call_async(msg, workflow, wspec)
         return await self.loop.run_in_executor(self.step_thread, self._call_sync, msg, workflow, wspec)
@@ -232,7 +233,9 @@ class ActorHost:
     async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
-            kwargs.update(await resources.inject(wspec.steps[msg.step], workflow))
+            spec = wspec.steps[msg.step]
+            if spec.resources:
+                kwargs.update(await resources.inject(spec, workflow))
             result = await fn(**kwargs)
             return self._done(msg, result)
         except Suspend as suspend:
