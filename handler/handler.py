@@ -172,7 +172,7 @@ class WorkflowHandler(Awaitable[Any]):
         return self._await_result().__await__()
 
     async def _await_result(self) -> Any:
-        return _unwrap(await self.stop_event_result())
+        return _unwrap(await wait_future(self._adapter.result))
 
     async def stop_event_result(self) -> StopEvent:
         """The run's StopEvent (raises what ended the run otherwise)."""
