@@ -216,7 +216,8 @@ class ActorHost:
             self.tasks.pop(msg.inv, None)
             self.state_lock_users.discard(msg.inv)
             self._cancel_requested.discard(msg.inv)
-            self.mailbox.send(outcome)
+            # The last invocation in flight: its outcome leaves now, not at the end of the loop iteration.
+            self.mailbox.send(outcome, now=not self.tasks)
         except BaseException:  # noqa: BLE001 -- nothing can be reported: die, so the supervisor sees it
             self._unreportable(msg)
 

@@ -92,6 +92,10 @@ def _held_segments(msg: object) -> list[Any]:
 class Channel:
     """Loop-driven ends of a worker's inbox (write) and outbox (read)."""
 
+    # True while the lone frame of a read is handled and nothing has been sent for it yet (every channel of
+    # a supervisor lives on its loop thread): see ``send``.
+    _send_now = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
                  on_message: Callable[[object], None]) -> None:
         self._loop = loop
@@ -134,7 +138,9 @@ class Channel:
 
     # --- reading ---------------------------------------------------------------------------------------
     def _received(self, data: bytes) -> None:
-        for payload in self._parser.feed(data):
+        frames = self._parser.feed(data)
+        lone = len(frames) == 1
+        for payload in frames:
             if self._closed:
                 return
             msg: object
@@ -159,28 +165,38 @@ class Channel:
             except Exception:  # noqa: BLE001 -- a frame we cannot read is logged; the next one may be fine
                 log.exception("procflow: could not decode a message from a worker")
                 continue
-            self._on_message(msg)
+            Channel._send_now = lone
+            try:
+                self._on_message(msg)
+            finally:
+                Channel._send_now = False
 
     # --- writing ---------------------------------------------------------------------------------------
     def send(self, msg: object) -> None:
         """Queue ``msg`` for the worker; never blocks. Dropped silently once the channel is closed.
 
         Frames queued during one loop iteration go out in one write at its end: under load this turns
-        many small syscalls (each waking the worker) into one."""
+        many small syscalls (each waking the worker) into one. The exception: the first message sent while
+        the lone frame of a read is handled (a hop's Invoke after its Done, a Reply to a Request) leaves at
+        once, so that its worker wakes while this thread finishes the hop's bookkeeping; what follows it
+        coalesces as usual, and reads of several frames (load) coalesce from their first message on."""
         if self._closed:
             return
+        now = Channel._send_now
+        Channel._send_now = False
         if type(msg) is Invoke:
             found = raw.invoke_parts(msg)  # type: ignore[arg-type]
             if found is not None:
-                self._writer.write_parts(*found)
+                parts, size = found
+                self._writer.write_parts(parts, size, urgent=now)
                 return
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         segments = _held_segments(msg)
         if segments:
             self._held.append(segments)
-            self._writer.write_parts((b"H", data), len(data) + 1)
+            self._writer.write_parts((b"H", data), len(data) + 1, urgent=now)
         else:
-            self._writer.write(data)
+            self._writer.write(data, urgent=now)
 
     def _sink(self, data: bytearray) -> None:
         if self._wtransport is None:

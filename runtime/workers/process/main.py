@@ -93,7 +93,8 @@ class WorkerMailbox(PipeInbox):
     Every message goes through one ``FrameWriter``: what the loop thread sends during one loop iteration
     leaves in one write at its end (or once 64 KiB wait), like the supervisor's side, so a step streaming
     many events, or many steps finishing together, cost one write. A ``Request`` goes at once (its sender
-    waits for the reply), and so does whatever the step thread sends, each after what is already queued.
+    waits for the reply), and so does the outcome of the last invocation in flight (``send(now=True)``:
+    nothing else would join it) and whatever the step thread sends, each after what is already queued.
 
     ``Publish`` leaves as a raw frame (``runtime.wire.raw``): the event's pickle as it is, with the
     definitions of the local classes it uses that the parent has not had yet; so does a ``Done`` whose result
@@ -114,17 +115,18 @@ class WorkerMailbox(PipeInbox):
         """Coalesce the loop thread's sends on ``loop`` (called on that thread)."""
         self._writer.bind(loop)
 
-    def send(self, msg: object) -> None:
+    def send(self, msg: object, now: bool = False) -> None:
         t = type(msg)
         if t is Done:
             found = raw.done_parts(msg)  # type: ignore[arg-type]
             if found is not None:
-                self._writer.write_parts(*found)
+                parts, size = found
+                self._writer.write_parts(parts, size, urgent=now)
                 return
         elif t is Publish:
             self._publish(msg)  # type: ignore[arg-type]
             return
-        self._writer.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), urgent=t is Request)
+        self._writer.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), urgent=now or t is Request)
 
     def _publish(self, msg: Publish) -> None:
         packed, codec = msg.event, self._codec

@@ -66,7 +66,7 @@ class RayMailbox(PipeInbox):
         super().__init__(inbox_fd)
         self._outbox = outbox
 
-    def send(self, msg: object) -> None:
+    def send(self, msg: object, now: bool = False) -> None:
         self._outbox.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
     def orphaned(self) -> None:
