@@ -60,6 +60,7 @@ def child(runs: int, pin: int | None) -> None:
     workers = rt.worker_pids()
     me, caller = os.getpid(), threading.get_native_id()
     sup = next(t.native_id for t in threading.enumerate() if t.name == "procflow-supervisor")
+    assert sup is not None
 
     def cpu() -> tuple[float, float, float]:
         return _task_cpu(me, caller), _task_cpu(me, sup), sum(_process_cpu(p) for p in workers)
