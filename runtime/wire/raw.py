@@ -143,6 +143,8 @@ def invoke_parts(msg: Invoke) -> tuple[list[bytes], int] | None:
             or msg.last_error is not None or msg.last_failed_at is not None):
         return None
     run_id, step, name = msg.run_id.encode(), msg.step.encode(), event.type_name.encode()
+    if len(run_id) > 0xFFFF or len(step) > 0xFFFF or len(name) > 0xFFFF:
+        return None  # (a run id of over 64 KiB: pickled)
     head = _INVOKE.pack(INVOKE, msg.inv, msg.workflow, msg.first_try, event.type_key, len(run_id), len(step),
                         len(name))
     return ([head, run_id, step, name, event.data],
