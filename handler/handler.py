@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,9 +34,53 @@ T = TypeVar("T")
 
 async def wait_future(fut: concurrent.futures.Future[T]) -> T:
     """Await a concurrent future on the running loop. Cancelling the awaiter never cancels ``fut`` (the
-    run's result, a supervisor call): ``shield`` stops the cancellation before ``wrap_future`` would pass it
-    on to the source."""
-    return await asyncio.shield(asyncio.wrap_future(fut))
+    run's result, a supervisor call): nothing is passed back to it.
+
+    What ``asyncio.shield(asyncio.wrap_future(fut))`` does, with one loop future settled by one hand-off from
+    the thread that resolves ``fut`` (that took three loop iterations and four callbacks on every run's
+    result); a future already done answers at once. The answer is read on the awaiting loop's thread, as
+    ``wrap_future`` reads it (a ``PackedFuture`` unpickles it there)."""
+    if fut.done():
+        return _outcome(fut)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[T] = loop.create_future()
+    fut.add_done_callback(functools.partial(_hand_over, loop, waiter))
+    return await waiter
+
+
+def _outcome(fut: concurrent.futures.Future[T]) -> T:
+    if fut.cancelled():
+        raise asyncio.CancelledError()
+    exc = fut.exception()
+    if exc is not None:
+        raise exc
+    return fut.result()
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any],
+               fut: concurrent.futures.Future[Any]) -> None:
+    """``fut`` is done (any thread): settle ``waiter`` on its loop."""
+    try:
+        loop.call_soon_threadsafe(_settle, waiter, fut)
+    except RuntimeError:
+        pass  # that loop is closed: nobody awaits there any more
+
+
+def _settle(waiter: asyncio.Future[Any], fut: concurrent.futures.Future[Any]) -> None:
+    if waiter.done():
+        return  # the awaiter was cancelled meanwhile
+    if fut.cancelled():
+        waiter.cancel()
+        return
+    try:
+        exc = fut.exception()
+        value = fut.result() if exc is None else None
+    except Exception as err:  # noqa: BLE001 -- reading the answer failed: the awaiter gets why
+        exc = err
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(value)
 
 
 class _CallerBackend:
@@ -127,7 +172,7 @@ class WorkflowHandler(Awaitable[Any]):
         return self._await_result().__await__()
 
     async def _await_result(self) -> Any:
-        return _unwrap(await self.stop_event_result())
+        return _unwrap(await wait_future(self._adapter.result))
 
     async def stop_event_result(self) -> StopEvent:
         """The run's StopEvent (raises what ended the run otherwise)."""

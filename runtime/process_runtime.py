@@ -14,9 +14,9 @@ import dataclasses
 import enum
 import itertools
 import os
+import random
 import threading
 import time
-import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,19 @@ from runtime.workers.process.reaper import REAPER
 
 if TYPE_CHECKING:
     from actors import Context
+
+
+# Run ids: uuid4-shaped hex from a generator of procflow's own, seeded from the OS (and again in a forked
+# child). uuid.uuid4() reads os.urandom on every run, a system call that lets go of the GIL: under load the
+# caller then waits for the supervisor thread to hand the GIL back before its run can start.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_run_id() -> str:
+    """A random run id in ``uuid.uuid4().hex``'s shape (version 4, RFC 4122 variant)."""
+    n = _ids.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    return f"{n | (0x4000 << 64) | (0x8000 << 48):032x}"
 
 
 class RuntimeState(enum.Enum):
@@ -187,9 +200,9 @@ class ProcessRuntime(Engine):
                   run_id: str | None = None) -> RunAdapter:
         self.start()
         wspec = spec_of(workflow)
-        key, definition, class_keys = self._workflow_key(workflow, wspec.event_types())
+        key, definition, class_keys = self._workflow_key(workflow)
         packed = self._sup.codec.pack(start_event, keys=class_keys) if start_event is not None else None
-        adapter = ProcessRunAdapter(self._sup, run_id or uuid.uuid4().hex, workflow)
+        adapter = ProcessRunAdapter(self._sup, run_id or new_run_id(), workflow)
         run = RunState(adapter.run_id, workflow, wspec, key, adapter, packed, definition, class_keys,
                        store=new_state(wspec.state_type))
         adapter.run = run
@@ -207,8 +220,7 @@ class ProcessRuntime(Engine):
         begun.add_done_callback(adapter.begun)
         return adapter
 
-    def _workflow_key(self, workflow: Workflow, event_types: set[type]
-                      ) -> tuple[int, Packed, frozenset[int]]:
+    def _workflow_key(self, workflow: Workflow) -> tuple[int, Packed, frozenset[int]]:
         """The key workers know this workflow object by, its definition (cloudpickled once per object;
         every run carries it, so no run can reach a worker before its definition does) and the event class
         keys its definition carries (its runs' payloads use no other)."""
@@ -219,8 +231,9 @@ class ProcessRuntime(Engine):
                 return known[1], known[2], known[3]
             self._check_placement(workflow)
             key = next(self._keys)
-            definition, class_keys = self._sup.codec.pack_definition(workflow, spec_of(workflow),
-                                                                     event_types | {StartEvent})
+            wspec = spec_of(workflow)
+            definition, class_keys = self._sup.codec.pack_definition(workflow, wspec,
+                                                                     wspec.event_types() | {StartEvent})
             self._workflow_keys[id(workflow)] = (weakref.ref(workflow), key, definition, class_keys)
         weakref.finalize(workflow, self._forget, id(workflow), key)
         return key, definition, class_keys

@@ -103,10 +103,11 @@ class EventStream:
         self._spill: _Spill | None = None
         self._decode = decode
         self._closed = False
-        # The hot paths take the plain lock (a C call); blocking readers wait on a Condition over it, and are
-        # notified only when some are waiting (``_sync_waiting``): a put costs no Python-level notify.
+        # The hot paths take the plain lock (a C call); blocking readers wait on a Condition over it, made by
+        # the first of them (most streams have none), and are notified only when some are waiting
+        # (``_sync_waiting``): a put costs no Python-level notify.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond: threading.Condition | None = None
         self._sync_waiting = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -116,7 +117,15 @@ class EventStream:
 
     def put_lazy(self, fn: Callable[..., Any], *args: Any) -> None:
         """An event ``fn(*args)`` builds, on the reader's thread, when a reader takes it."""
-        self._append(_Lazy(fn, args), _SMALL)
+        item = _Lazy(fn, args)
+        with self._lock:  # twice per invocation: the common case (in memory, room left) inline
+            if self._spill is None and self._bytes + _SMALL <= self._limit and not self._closed:
+                self._items.append((item, _SMALL))
+                self._bytes += _SMALL
+                if self._sync_waiting or self._waiters:
+                    self._wake_locked()
+                return
+        self._append(item, _SMALL)
 
     def put_packed(self, packed: Any) -> None:
         """A pickled event (``actors.host.Packed``): unpickled by the reader that takes it. Its out-of-band
@@ -145,6 +154,7 @@ class EventStream:
 
     def _wake_locked(self) -> None:
         if self._sync_waiting:
+            assert self._cond is not None
             self._cond.notify_all()
         if not self._waiters:
             return
@@ -181,6 +191,8 @@ class EventStream:
         """The next event, or ``END``; raises TimeoutError when nothing came within ``timeout``."""
         with self._lock:
             if not (self._items or self._closed or self._available()):
+                if self._cond is None:
+                    self._cond = threading.Condition(self._lock)
                 self._sync_waiting += 1
                 try:
                     if not self._cond.wait_for(lambda: self._available() or self._closed, timeout):

@@ -17,11 +17,14 @@ A step's exception, including SystemExit and KeyboardInterrupt raised by its cod
 and the worker lives on: it may be hosting other runs' async steps. Only the supervisor ends a worker
 (``Shutdown``, or a kill). When the inbox reports EOF the parent is gone and the worker exits.
 
-Every invocation is one task, and its outcome is sent by that task's done callback (``_finished``): a task
-ends exactly once, however it ends (returned, raised, or cancelled before it even started), so every
-invocation ends with exactly one outcome message. Reporting cannot fail: a failure is described with
-fallbacks (``safe``), down to a message prepared when the host started; if even that cannot be sent, the
-worker exits, and the supervisor sees a death instead of waiting for ever.
+Every invocation is one task, whose coroutine sends the invocation's outcome as its last act (``_end``): it
+catches whatever its step raises, ``CancelledError`` included, so it ends exactly one way. A task cancelled
+before it ever ran (its ``CancelInvocations`` read in the same batch as its ``Invoke``) runs none of its code,
+and the cancel itself answers ``Cancelled`` for it. So every invocation ends with exactly one outcome message,
+sent in the loop iteration its step ended in (no done callback: one iteration less per invocation).
+Reporting cannot fail: a failure is described with fallbacks (``safe``), down to a message prepared when the
+host started; if even that cannot be sent, the worker exits, and the supervisor sees a death instead of
+waiting for ever.
 
 ``Cancelled`` means the supervisor asked for it: ``CancelInvocations`` records the invocation in
 ``_cancel_requested`` before cancelling its task. A ``CancelledError`` of any other origin (a task the step
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import itertools
 import os
 import sys
@@ -70,7 +72,8 @@ class ActorHost:
         # workers (results, sent events) is packed with these only: another worker of the run loaded this
         # definition, not necessarily the others this worker holds.
         self.class_keys: dict[int, frozenset[int]] = {}
-        self.tasks: dict[int, asyncio.Task[object]] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._unstarted: dict[int, Invoke] = {}  # invocations whose task has not begun to run yet
         self.step_thread = ThreadPoolExecutor(1, thread_name_prefix="procflow-step")
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
         self._req_ids = itertools.count(1)
@@ -159,15 +162,19 @@ class ActorHost:
     # --- the loop thread -----------------------------------------------------------------------------------
     def dispatch(self, msg: object) -> None:
         if isinstance(msg, Invoke):
-            task = self.loop.create_task(self._run(msg))
-            self.tasks[msg.inv] = task
-            task.add_done_callback(functools.partial(self._finished, msg))
+            self.tasks[msg.inv] = self.loop.create_task(self._run(msg))
+            self._unstarted[msg.inv] = msg
         elif isinstance(msg, CancelInvocations):
             for inv in msg.invs:
                 running = self.tasks.get(inv)
-                if running is not None:
+                if running is None:
+                    continue
+                running.cancel()
+                never_ran = self._unstarted.pop(inv, None)
+                if never_ran is not None:  # its coroutine is closed without running: it cannot answer
+                    self._end(never_ran, Cancelled(inv))
+                else:
                     self._cancel_requested.add(inv)
-                    running.cancel()
         elif isinstance(msg, LoadWorkflow):
             try:
                 workflow, wspec, keys = self.mailbox.load_definition(msg.definition)
@@ -184,38 +191,40 @@ class ActorHost:
         elif isinstance(msg, Shutdown):
             self.loop.stop()
 
-    async def _run(self, msg: Invoke) -> object:
-        """The invocation's task: returns its outcome message (``_finished`` sends it)."""
-        if msg.workflow not in self.workflows:
-            cause = self.load_errors.get(msg.workflow)
-            error = WorkflowRuntimeError(
-                f"worker {self.pid} could not load the workflow's definition to run step '{msg.step}': "
-                f"{cause!r}")
-            error.__cause__ = cause  # its traceback travels in the Failed message's text
-            return self._failed(msg, error)
-        workflow, wspec = self.workflows[msg.workflow]
-        if wspec.steps[msg.step].is_async:
-            return await self._call_async(msg, workflow, wspec)
-        return await self.loop.run_in_executor(self.step_thread, self._call_sync, msg, workflow, wspec)
+    async def _run(self, msg: Invoke) -> None:
+        """The invocation's task: runs it and sends its one outcome."""
+        self._unstarted.pop(msg.inv, None)
+        outcome: object
+        try:
+            found = self.workflows.get(msg.workflow)
+            if found is None:
+                outcome = self._failed(msg, self._not_loaded(msg))
+            elif found[1].steps[msg.step].is_async:
+                outcome = await self._call_async(msg, *found)
+            else:
+                outcome = await self.loop.run_in_executor(self.step_thread, self._call_sync, msg, *found)
+        except asyncio.CancelledError as exc:  # while it awaited a def step's thread
+            outcome = Cancelled(msg.inv) if msg.inv in self._cancel_requested else self._failed(
+                msg, self._unrequested_cancel(msg, exc))
+        except BaseException as exc:  # noqa: BLE001 -- see the module docstring
+            outcome = self._failed(msg, exc)
+        self._end(msg, outcome)
 
-    def _finished(self, msg: Invoke, task: asyncio.Task[object]) -> None:
-        """The invocation's task ended (done callback; exactly once per task): send its one outcome."""
+    def _not_loaded(self, msg: Invoke) -> WorkflowRuntimeError:
+        cause = self.load_errors.get(msg.workflow)
+        error = WorkflowRuntimeError(
+            f"worker {self.pid} could not load the workflow's definition to run step '{msg.step}': {cause!r}")
+        error.__cause__ = cause  # its traceback travels in the Failed message's text
+        return error
+
+    def _end(self, msg: Invoke, outcome: object) -> None:
+        """The invocation is over: send its one outcome (exactly once per invocation)."""
         try:
             self.tasks.pop(msg.inv, None)
             self.state_lock_users.discard(msg.inv)
-            requested = msg.inv in self._cancel_requested
             self._cancel_requested.discard(msg.inv)
-            outcome: object
-            # Cancelled where no handler of the task's own caught it: before its first step, or while it
-            # awaited a def step's thread.
-            if task.cancelled():
-                outcome = Cancelled(msg.inv) if requested else self._failed(
-                    msg, self._unrequested_cancel(msg, None))
-            elif task.exception() is not None:
-                outcome = self._failed(msg, task.exception())  # type: ignore[arg-type]
-            else:
-                outcome = task.result()
-            self.mailbox.send(outcome)
+            # The last invocation in flight: its outcome leaves now, not at the end of the loop iteration.
+            self.mailbox.send(outcome, now=not self.tasks)
         except BaseException:  # noqa: BLE001 -- nothing can be reported: die, so the supervisor sees it
             self._unreportable(msg)
 
@@ -239,7 +248,9 @@ class ActorHost:
     async def _call_async(self, msg: Invoke, workflow: Workflow, wspec: WorkflowSpec) -> object:
         try:
             fn, kwargs = self._prepare(msg, workflow, wspec)
-            kwargs.update(await resources.inject(wspec.steps[msg.step], workflow))
+            spec = wspec.steps[msg.step]
+            if spec.resources:
+                kwargs.update(await resources.inject(spec, workflow))
             result = await fn(**kwargs)
             return self._done(msg, result)
         except Suspend as suspend:

@@ -218,8 +218,9 @@ class Mailbox(Protocol):
         """At least one message; blocks. EOFError when the supervisor is gone."""
         ...
 
-    def send(self, msg: object) -> None:
-        """Send one message; thread-safe."""
+    def send(self, msg: object, now: bool = False) -> None:
+        """Send one message; thread-safe. ``now``: write it at once rather than with whatever else the loop
+        thread sends in this iteration (the sender knows nothing else is coming)."""
         ...
 
     def orphaned(self) -> None:

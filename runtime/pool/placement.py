@@ -20,10 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from runtime.pool.worker import WorkerState
+
 if TYPE_CHECKING:
     from actors import ResourceRequest
 
     from runtime.pool.worker import Worker
+
+READY = WorkerState.READY
 
 
 @dataclass(slots=True)
@@ -66,6 +70,17 @@ def plan(workers: Sequence[Worker | None], waiting_sync: dict[ResourceRequest, i
 def place(workers: Sequence[Worker | None], need: ResourceRequest, is_async: bool, placement: Placement,
           async_capacity: int, uniform: bool) -> Worker | None:
     """A worker that can take an invocation of ``need`` now, or None."""
+    if is_async and uniform:
+        # Every invocation's path: one scan, no lists, the same choice as below (the first READY worker with
+        # the fewest async invocations, under capacity, running no def step, not held).
+        best, fewest = None, async_capacity
+        for w in workers:
+            if w is None or w.state is not READY or w.sync_inv is not None or w in placement.held:
+                continue
+            n = len(w.async_invs)
+            if n < fewest:
+                best, fewest = w, n
+        return best
     ready = _covering([w for w in workers if w is not None and w.ready], need, uniform)
     if not is_async:
         return next((w for w in ready if w.idle() and placement.held.get(w, need) == need), None)

@@ -195,7 +195,8 @@ class Pool(Sizing):
 
     def released(self, worker: Worker) -> None:
         """An invocation on ``worker`` ended: a retiring worker may go now; an idle one starts its clock."""
-        self.check_retired(worker)
+        if self._retire_reasons:
+            self.check_retired(worker)
         if worker.ready and worker.idle():
             worker.idle_since = self.loop.time()
             self.arm_shrink(worker)

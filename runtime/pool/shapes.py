@@ -14,7 +14,6 @@ so that the pool can see what waits, and for which shape, without scanning the q
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
 from actors import WorkflowValidationError
@@ -24,19 +23,33 @@ if TYPE_CHECKING:
 
 
 class Demand:
-    """Unplaced invocations counted by (need, is_async)."""
+    """Unplaced invocations counted by (need, is_async), in the order their keys first appeared.
+
+    On every invocation's path (added at enqueue, removed at dispatch): a plain dict, not a ``Counter``,
+    whose missing-key and delete hooks are Python-level, and a count of the ``def`` ones, so that a pass with
+    none waiting (the common case) skips ``waiting_sync``'s scan."""
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[ResourceRequest, bool]] = Counter()
+        self._counts: dict[tuple[ResourceRequest, bool], int] = {}
+        self._sync = 0  # unplaced def invocations, whatever their need
 
     def add(self, need: ResourceRequest, is_async: bool) -> None:
-        self._counts[need, is_async] += 1
+        key = (need, is_async)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        if not is_async:
+            self._sync += 1
 
     def remove(self, need: ResourceRequest, is_async: bool) -> None:
         key = (need, is_async)
-        self._counts[key] -= 1
-        if self._counts[key] <= 0:
-            del self._counts[key]
+        counts = self._counts
+        left = counts.get(key, 0) - 1
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
+        if not is_async and left >= 0:
+            self._sync -= 1
 
     def items(self) -> Iterator[tuple[ResourceRequest, bool, int]]:
         for (need, is_async), count in list(self._counts.items()):
@@ -44,6 +57,8 @@ class Demand:
 
     def waiting_sync(self) -> dict[ResourceRequest, int]:
         """Unplaced ``def`` invocations by need."""
+        if not self._sync:
+            return {}
         return {need: n for (need, is_async), n in self._counts.items() if not is_async}
 
     def total(self) -> int:

@@ -62,7 +62,9 @@ Resumed = tuple[tuple[str, Packed], ...]
 Recoveries = tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+# StepInput and RetryState are values, never changed once made; not frozen dataclasses, whose __init__ sets
+# each field through object.__setattr__ (a StepInput is made for every routed event).
+@dataclass(slots=True, unsafe_hash=True)
 class StepInput:
     """An event waiting for a slot of ``step``; ``lineage``/``resumed`` carry a waiting step's answers;
     ``recoveries`` how often each ``@catch_error`` handler already recovered along this chain of events."""
@@ -73,7 +75,7 @@ class StepInput:
     recoveries: Recoveries = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RetryState:
     """What a retried invocation knows of its earlier attempts (for ``ctx.retry_info()`` and the failure)."""
 

@@ -84,7 +84,7 @@ def queue_changed(run: RunState, step: str) -> None:
 def maybe_idle(run: RunState) -> None:
     """Publish ``WorkflowIdleEvent`` when the run has just become idle: running, nothing in progress, queued
     or retrying, and at least one step waiting in ``wait_for_event`` (only an event from outside can move it)."""
-    if run.idle or not run.status.accepts_work or not run.waiters or run.invs or run.retries:
+    if not run.waiters or run.idle or run.invs or run.retries or not run.status.accepts_work:
         return
     if any(run.queued.values()) or not any(run.waiters.values()):
         return

@@ -48,33 +48,39 @@ class Scheduler:
                 crashes: int = 0) -> None:
         spec = run.wspec.steps[step]
         run.idle = False
-        if run.active[step] >= spec.num_workers:
+        active = run.active
+        if active[step] >= spec.num_workers:
             run.queued[step].append(item)
             report.queue_changed(run, step)
             return
-        run.active[step] += 1
-        retry = retry or RetryState(first_try=time.monotonic())
-        inv = Invocation(next(self._ids), run, step, item.event, spec.is_async, retry.attempt,
-                         first_try=retry.first_try, lineage=item.lineage, resumed=item.resumed, crashes=crashes,
-                         recoveries=item.recoveries, last_error=retry.last_error,
-                         last_failed_at=retry.last_failed_at)
+        active[step] += 1
+        pool, is_async = self.sup.pool, spec.is_async
+        need = pool.need(spec.placement)  # once: enqueue, placement and release all use it
+        if retry is None:  # a first attempt (no RetryState made for it)
+            attempt, first_try, last_error, last_failed_at = 1, time.monotonic(), None, None
+        else:
+            attempt, first_try = retry.attempt, retry.first_try
+            last_error, last_failed_at = retry.last_error, retry.last_failed_at
+        inv = Invocation(next(self._ids), run, step, item.event, is_async, attempt, first_try,
+                         lineage=item.lineage, resumed=item.resumed, crashes=crashes, recoveries=item.recoveries,
+                         last_error=last_error, last_failed_at=last_failed_at, need=need)
         run.invs[inv.inv] = inv
         self.sup.invocations[inv.inv] = inv
         self.pending.append(inv)
         self._fresh.append(inv)
-        inv.need = self.sup.pool.need(spec.placement)  # once: enqueue, placement and release all use it
-        self.sup.pool.demand.add(inv.need, inv.is_async)
+        pool.demand.add(need, is_async)
 
     def schedule(self) -> None:
         """Place pending invocations on workers, in FIFO order across runs."""
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             self._fresh.clear()
             return
         pool = self.sup.pool
         plan = pool.placement()
         skipped: list[Invocation] = []
-        while self.pending:
-            inv = self.pending.popleft()
+        while pending:
+            inv = pending.popleft()
             if inv.finished:
                 continue
             worker = pool.place(inv.need, inv.is_async, plan)
@@ -85,7 +91,8 @@ class Scheduler:
                 continue
             plan.take(worker)
             self.dispatch(inv, worker)
-        self.pending.extendleft(reversed(skipped))
+        if skipped:
+            pending.extendleft(reversed(skipped))
         # What this pass could not place of what came since the last one waits for a worker: say so once
         # (StepState.PREPARING). One placed at once goes straight to "running", as LlamaIndex skips
         # PREPARING when there is capacity. Only the newcomers are looked at: a pass stays O(placed).
@@ -135,7 +142,8 @@ class Scheduler:
         self.sup.invocations.pop(inv.inv, None)
         run.invs.pop(inv.inv, None)
         run.active[inv.step] -= 1
-        run.drop_state_holder(inv.inv)
+        if run.state_holder is not None or run.state_queue:  # (an invocation id is never None)
+            run.drop_state_holder(inv.inv)
         queue = run.queued.get(inv.step)
         if queue and run.status.accepts_work:
             self.enqueue(run, inv.step, queue.popleft())

@@ -377,6 +377,8 @@ class Codec:
     def unpack(self, packed: Packed) -> Any:
         """Unpickle a payload; any failure is a ``PayloadError`` naming the type."""
         try:
+            if not (packed.buffers or packed.classes):  # most payloads: no Python unpickler, no class table
+                return pickle.loads(packed.data)
             return self.loads(packed.data, packed.buffers, packed.classes)
         except BaseException as exc:  # noqa: BLE001 -- user code runs while unpickling: its SystemExit
             # must fail the payload, not stop the supervisor loop (nothing here waits on cancellation).

@@ -49,7 +49,10 @@ class FrameParser:
         """The frames completed by ``chunk`` (their payloads, in order)."""
         buf = self._buf
         if not buf:
-            # The common case: the chunk holds whole frames. Slicing the chunk avoids a copy into the buffer.
+            # The common case: the chunk holds whole frames (often exactly one: a hop's Invoke or Done).
+            # Slicing the chunk avoids a copy into the buffer.
+            if len(chunk) > 4 and _HEADER.unpack_from(chunk)[0] == len(chunk) - 4:
+                return [chunk[4:]]
             out, pos = _cut(chunk)
             if pos < len(chunk):
                 buf += chunk[pos:]

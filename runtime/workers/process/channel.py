@@ -12,11 +12,12 @@ half-written frame never stalls the loop) and decoded by ``_received``; what goe
 per loop iteration by the shared ``FrameWriter`` (``runtime.wire.writer``), then handed to the transport,
 which buffers what the pipe does not take at once (a worker slow to read never blocks the supervisor).
 
-Frames in (``runtime.wire.raw``): pickled messages; raw ``Publish`` frames, passed on still pickled (the
-event is unpickled by the stream's reader, never here) with the definitions of the worker's local classes
-kept as bytes in this channel's table; ``Ack`` and ``Forget`` handled here. Frames out that name shared
-memory segments (an ``Invoke`` or ``Reply`` carrying a large payload) hold those segments here until the
-worker acknowledges it has opened them: the parent may drop its own last reference meanwhile.
+Frames in (``runtime.wire.raw``): pickled messages; raw ``Done`` frames (the result stays pickled: it is
+routed by class key); raw ``Publish`` frames, passed on still pickled (the event is unpickled by the stream's
+reader, never here) with the definitions of the worker's local classes kept as bytes in this channel's table;
+``Ack`` and ``Forget`` handled here. Frames out: a plain first ``Invoke`` raw, the rest pickled; those that
+name shared memory segments (an ``Invoke`` or ``Reply`` carrying a large payload) hold those segments here
+until the worker acknowledges it has opened them: the parent may drop its own last reference meanwhile.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def _held_segments(msg: object) -> list[Any]:
 class Channel:
     """Loop-driven ends of a worker's inbox (write) and outbox (read)."""
 
+    # True while the lone frame of a read is handled and nothing has been sent for it yet (every channel of
+    # a supervisor lives on its loop thread): see ``send``.
+    _send_now = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop, inbox: Connection, outbox: Connection,
                  on_message: Callable[[object], None]) -> None:
         self._loop = loop
@@ -133,12 +138,17 @@ class Channel:
 
     # --- reading ---------------------------------------------------------------------------------------
     def _received(self, data: bytes) -> None:
-        for payload in self._parser.feed(data):
+        frames = self._parser.feed(data)
+        lone = len(frames) == 1
+        for payload in frames:
             if self._closed:
                 return
+            msg: object
             try:
                 tag = payload[0]
-                if tag == raw.PICKLE:
+                if tag == raw.DONE:
+                    msg = raw.parse_done(payload)
+                elif tag == raw.PICKLE:
                     msg = pickle.loads(payload)
                 elif tag == raw.PUBLISH:
                     msg = raw.parse_publish(payload, self._classes)
@@ -155,23 +165,38 @@ class Channel:
             except Exception:  # noqa: BLE001 -- a frame we cannot read is logged; the next one may be fine
                 log.exception("procflow: could not decode a message from a worker")
                 continue
-            self._on_message(msg)
+            Channel._send_now = lone
+            try:
+                self._on_message(msg)
+            finally:
+                Channel._send_now = False
 
     # --- writing ---------------------------------------------------------------------------------------
     def send(self, msg: object) -> None:
         """Queue ``msg`` for the worker; never blocks. Dropped silently once the channel is closed.
 
         Frames queued during one loop iteration go out in one write at its end: under load this turns
-        many small syscalls (each waking the worker) into one."""
+        many small syscalls (each waking the worker) into one. The exception: the first message sent while
+        the lone frame of a read is handled (a hop's Invoke after its Done, a Reply to a Request) leaves at
+        once, so that its worker wakes while this thread finishes the hop's bookkeeping; what follows it
+        coalesces as usual, and reads of several frames (load) coalesce from their first message on."""
         if self._closed:
             return
+        now = Channel._send_now
+        Channel._send_now = False
+        if type(msg) is Invoke:
+            found = raw.invoke_parts(msg)  # type: ignore[arg-type]
+            if found is not None:
+                parts, size = found
+                self._writer.write_parts(parts, size, urgent=now)
+                return
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         segments = _held_segments(msg)
         if segments:
             self._held.append(segments)
-            self._writer.write_parts((b"H", data), len(data) + 1)
+            self._writer.write_parts((b"H", data), len(data) + 1, urgent=now)
         else:
-            self._writer.write(data)
+            self._writer.write(data, urgent=now)
 
     def _sink(self, data: bytearray) -> None:
         if self._wtransport is None:

@@ -21,7 +21,7 @@ from typing import Any
 import uvloop
 
 from actors.host import ActorHost
-from actors.host import Packed, Publish, Ready, Request
+from actors.host import Done, Packed, Publish, Ready, Request
 
 from runtime.wire import raw
 from runtime.wire import segments as shm
@@ -53,7 +53,10 @@ class PipeInbox:
         out: list[object] = []
         held = 0
         for f in frames:
-            if f[0] == raw.HELD:  # names segments: unpickling opens them; the parent waits for our word
+            tag = f[0]
+            if tag == raw.INVOKE:
+                out.append(raw.parse_invoke(f))
+            elif tag == raw.HELD:  # names segments: unpickling opens them; the parent waits for our word
                 held += 1
                 out.append(pickle.loads(memoryview(f)[1:]))
             else:
@@ -91,10 +94,12 @@ class WorkerMailbox(PipeInbox):
     Every message goes through one ``FrameWriter``: what the loop thread sends during one loop iteration
     leaves in one write at its end (or once 64 KiB wait), like the supervisor's side, so a step streaming
     many events, or many steps finishing together, cost one write. A ``Request`` goes at once (its sender
-    waits for the reply), and so does whatever the step thread sends, each after what is already queued.
+    waits for the reply), and so does the outcome of the last invocation in flight (``send(now=True)``:
+    nothing else would join it) and whatever the step thread sends, each after what is already queued.
 
     ``Publish`` leaves as a raw frame (``runtime.wire.raw``): the event's pickle as it is, with the
-    definitions of the local classes it uses that the parent has not had yet. Large buffers go out of band
+    definitions of the local classes it uses that the parent has not had yet; so does a ``Done`` whose result
+    is plain, and a plain first ``Invoke`` arrives raw. Large buffers go out of band
     through shared memory segments named under ``segment_prefix``.
     """
 
@@ -111,11 +116,18 @@ class WorkerMailbox(PipeInbox):
         """Coalesce the loop thread's sends on ``loop`` (called on that thread)."""
         self._writer.bind(loop)
 
-    def send(self, msg: object) -> None:
-        if type(msg) is Publish:
-            self._publish(msg)
+    def send(self, msg: object, now: bool = False) -> None:
+        t = type(msg)
+        if t is Done:
+            found = raw.done_parts(msg)  # type: ignore[arg-type]
+            if found is not None:
+                parts, size = found
+                self._writer.write_parts(parts, size, urgent=now)
+                return
+        elif t is Publish:
+            self._publish(msg)  # type: ignore[arg-type]
             return
-        self._writer.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), urgent=type(msg) is Request)
+        self._writer.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL), urgent=now or t is Request)
 
     def _publish(self, msg: Publish) -> None:
         packed, codec = msg.event, self._codec

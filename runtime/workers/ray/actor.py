@@ -88,7 +88,7 @@ class RayMailbox(PipeInbox):
         if threshold is not None:
             self._codec.oob = WorkerObjects(threshold)
 
-    def send(self, msg: object) -> None:
+    def send(self, msg: object, now: bool = False) -> None:
         refs: list[Any] = []
         pending: list[tuple[int, Pending]] = []
         data = objects.dumps(msg, refs, pending)
