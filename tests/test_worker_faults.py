@@ -490,3 +490,46 @@ def test_a_process_forked_after_using_the_default_runtime_runs_workflows_on_a_ru
     assert "CHILD 42" in out.stdout, (out.stdout, out.stderr[-3000:])
     assert "CHILD EXIT 0" in out.stdout and "PARENT AGAIN 10" in out.stdout, (out.stdout, out.stderr[-3000:])
     assert "can only join a child process" not in out.stderr, out.stderr[-3000:]
+
+
+@pytest.mark.timeout(150)
+def test_a_fork_while_workers_are_starting_gives_the_child_a_runtime_that_works() -> None:
+    # A worker start holds locks (procflow's, multiprocessing's forkserver and resource-tracker ones) and
+    # hides __main__.__file__ for a moment: a child forked then inherited them held, and its own runtime
+    # never got a worker (its run timed out, its exit hung). Forks now wait for a start in progress.
+    out = child_python("""
+        import os, time
+        from actors import StartEvent, StopEvent, Workflow, step
+        from runtime import ProcessRuntime
+
+        class Double(Workflow):
+            @step
+            async def double(self, ev: StartEvent) -> StopEvent:
+                return StopEvent(result=ev.x * 2)
+
+        hung, wrong = 0, 0
+        for i in range(12):
+            rt = ProcessRuntime(workers=4).start(wait=False)  # its workers are starting as we fork
+            time.sleep(0.002 * (i % 4))
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ok = Double(timeout=15).run(x=i).result(20) == 2 * i
+                except BaseException:
+                    ok = False
+                os._exit(0 if ok else 1)
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    wrong += os.waitstatus_to_exitcode(status) != 0
+                    break
+                time.sleep(0.05)
+            else:
+                hung += 1
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            rt.shutdown()
+        print("HUNG", hung, "WRONG", wrong, flush=True)
+    """, timeout=140)
+    assert "HUNG 0 WRONG 0" in out.stdout, (out.stdout, out.stderr[-3000:])

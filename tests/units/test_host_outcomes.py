@@ -35,7 +35,7 @@ class FakeMailbox:
     def send(self, msg: object, now: bool = False) -> None:
         self.sent.append((msg, now))
 
-    def pack(self, obj: Any) -> Any:
+    def pack(self, obj: Any, keys: frozenset[int] | None = None) -> Any:
         return self.codec.pack(obj)
 
     def unpack(self, packed: Any) -> Any:

@@ -261,12 +261,26 @@ class ProcessLink(WorkerLink):
 _STARTED: weakref.WeakSet[BaseProcess] = weakref.WeakSet()  # the workers this process started
 
 
+def _before_fork() -> None:
+    # A fork waits for a worker start in progress to end: the start holds our lock and, inside
+    # Process.start(), multiprocessing's forkserver and resource-tracker locks, and hides __main__'s
+    # __file__; a child forked in that instant would inherit them held (its own starts would wait for ever)
+    # and __main__ without its file.
+    _main_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _main_lock.release()
+
+
 def _after_fork_in_child() -> None:
     """In a child made by ``os.fork()``: the workers are the parent's, not the child's. multiprocessing would
     make the child join them at exit (an AssertionError): forget them (``forkserver.py`` forgets the
     parent's forkserver), so that a runtime made in the child starts workers of its own."""
     import multiprocessing.process
 
+    global _main_lock
+    _main_lock = threading.Lock()  # held by the forking thread (``_before_fork``), which the child lacks
     children = getattr(multiprocessing.process, "_children", None)
     for proc in list(_STARTED):
         if isinstance(children, set):
@@ -275,7 +289,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 class ProcessLauncher(Launcher):
