@@ -217,7 +217,8 @@ class Child:
             assert word not in self.err, self.err[-3000:]
 
 
-PRINT_PIDS = 'print("PIDS", *get_default_runtime().worker_pids(), flush=True)'
+# The whole pool: its second worker may still be starting when the first run is done.
+PRINT_PIDS = 'print("PIDS", *get_default_runtime().worker_pids(wait=True), flush=True)'
 
 
 @pytest.mark.timeout(60)
