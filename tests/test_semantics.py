@@ -655,7 +655,9 @@ class ParallelFlow(Workflow):
 
 def test_two_cpu_bound_def_steps_of_one_run_execute_at_once_in_different_processes(
         rt: ProcessRuntime) -> None:
-    a, b = ParallelFlow(runtime=rt).run(units=2_000_000).result(timeout=50)
+    # ~0.2 s of CPU each: long enough that a moment of other load on the machine (a test's child interpreter
+    # still exiting) cannot push one step past the other's end.
+    a, b = ParallelFlow(runtime=rt).run(units=6_000_000).result(timeout=50)
     assert {a.name, b.name} == {"left", "right"}
     assert a.pid != b.pid and {a.pid, b.pid} <= set(rt.worker_pids())
     assert a.pid != os.getpid() and b.pid != os.getpid()
