@@ -97,8 +97,8 @@ class ProcessRuntime(Engine):
         # Guards the lifecycle state and the workflow keys. No finalizer takes it (see _forget).
         self._lock = threading.RLock()
         self._keys = itertools.count(1)
-        # id(workflow) -> (the workflow, weakly; its key; its definition). The weak reference tells a live
-        # entry from one whose object died and whose id a new object took.
+        # id(workflow) -> (the workflow, weakly; its key; its definition; its event class keys). The weak
+        # reference tells a live entry from one whose object died and whose id a new object took.
         self._workflow_keys: dict[int, tuple[weakref.ref[Workflow], int, Packed, frozenset[int]]] = {}
         self._dead_keys: collections.deque[int] = collections.deque()
         if self._segments is not None:
@@ -228,7 +228,7 @@ class ProcessRuntime(Engine):
             self._drop_dead_keys()
             known = self._workflow_keys.get(id(workflow))
             if known is not None and known[0]() is workflow:
-                return known[1], known[2], known[3]
+                return known[1:]
             self._check_placement(workflow)
             key = next(self._keys)
             wspec = spec_of(workflow)

@@ -310,6 +310,25 @@ _LIFETIME_HEADER = """
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"procflow.{os.getpid()}."))
 """
 
+# A run holding a segment: its first step returns a 1 MB array, its second streams it on and sleeps; the
+# caller has read the streamed event (``ev``) when the script goes on.
+_HOLDING = _LIFETIME_HEADER + """
+    class Holds(Workflow):
+        @step
+        def a(self, ev: StartEvent) -> Big:
+            return Big(data=np.ones(1 << 20))
+        @step
+        def b(self, ctx: Context, ev: Big) -> StopEvent:
+            ctx.write_event_to_stream(Big(data=ev.data))
+            time.sleep(60)
+
+    rt = ProcessRuntime(workers=2).start(wait=True)
+    h = Holds(runtime=rt, timeout=60).run()
+    for ev in h.iter_events(timeout=30):
+        if isinstance(ev, Big):
+            break
+"""
+
 
 def test_no_segment_is_left_once_a_run_ends_and_its_handler_is_dropped() -> None:
     out = child_python(_LIFETIME_HEADER + """
@@ -389,21 +408,7 @@ def test_no_segment_is_left_when_the_worker_writing_one_dies() -> None:
 
 
 def test_no_segment_is_left_when_the_runtime_shuts_down_during_a_run_holding_them() -> None:
-    out = child_python(_LIFETIME_HEADER + """
-    class Holds(Workflow):
-        @step
-        def a(self, ev: StartEvent) -> Big:
-            return Big(data=np.ones(1 << 20))
-        @step
-        def b(self, ctx: Context, ev: Big) -> StopEvent:
-            ctx.write_event_to_stream(Big(data=ev.data))
-            time.sleep(60)
-
-    rt = ProcessRuntime(workers=2).start(wait=True)
-    h = Holds(runtime=rt, timeout=60).run()
-    for ev in h.iter_events(timeout=30):
-        if isinstance(ev, Big):
-            break
+    out = child_python(_HOLDING + """
     print("DURING", len(mine()) > 0, rt.stats().shared_memory["segments"] > 0)
     rt.shutdown()
     print("AFTER", len(mine()))
@@ -415,21 +420,7 @@ def test_no_segment_is_left_when_the_runtime_shuts_down_during_a_run_holding_the
 
 
 def test_no_segment_is_left_when_the_parent_is_sigkilled() -> None:
-    code = textwrap.dedent(_LIFETIME_HEADER + """
-    class Holds(Workflow):
-        @step
-        def a(self, ev: StartEvent) -> Big:
-            return Big(data=np.ones(1 << 20))
-        @step
-        def b(self, ctx: Context, ev: Big) -> StopEvent:
-            ctx.write_event_to_stream(Big(data=ev.data))
-            time.sleep(60)
-
-    rt = ProcessRuntime(workers=2).start(wait=True)
-    h = Holds(runtime=rt, timeout=60).run()
-    for ev in h.iter_events(timeout=30):
-        if isinstance(ev, Big):
-            break
+    code = textwrap.dedent(_HOLDING + """
     print("READY", len(mine()), flush=True)
     time.sleep(60)
     """)

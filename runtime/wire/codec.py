@@ -47,6 +47,7 @@ from actors.host import Packed
 from runtime.wire import oob
 from runtime.wire.oob import BufferFile, OutOfBand
 
+
 class _ByValue(Exception):
     """Raised inside the fast pickler when an object must be pickled by value."""
 

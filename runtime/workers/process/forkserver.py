@@ -92,14 +92,14 @@ def _in_forkserver() -> bool:
 
 class FromParent:
     """What a worker takes from its parent as it starts, rather than from the forkserver: the environment,
-    fds 1 and 2 (passed as file descriptors; one the parent has closed is left as the worker has it), the
-    resource limits, the umask, the CPU affinity and the nice value. Made in the parent for each start;
+    fds 1 and 2 (passed as file descriptors: the launcher gives a closed one ``/dev/null`` before any start),
+    the resource limits, the umask, the CPU affinity and the nice value. Made in the parent for each start;
     ``apply()``, first thing in the worker, makes them the worker's own (a limit or priority the worker may
     not take, one raised above what the forkserver had, is left as it is)."""
 
     def __init__(self) -> None:
         self.environ = dict(os.environ)
-        self.stdio = {fd: fd for fd in (1, 2) if _is_open(fd)}  # target fd -> the fd holding it
+        self.stdio = {1: 1, 2: 2}  # target fd -> the fd holding it
         self.limits = {r: resource.getrlimit(r) for r in _LIMITS}
         self.umask = _umask()
         self.affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -154,14 +154,6 @@ def _received(state: tuple[Any, ...], stdio: dict[int, Any]) -> FromParent:
     made.environ, made.limits, made.umask, made.affinity, made.nice = state
     made.stdio = {target: dup.detach() for target, dup in stdio.items()}
     return made
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 def _forget_in_forked_child() -> None:

@@ -137,7 +137,8 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
 def _fill_closed_stdio() -> None:
     """A program that closed fd 0, 1 or 2 would have the next pipe take its number: the worker would then
     find its pipe where its stdout should be, and uvloop refuses to close fds 0-2 (it aborts the process).
-    A closed standard fd gets ``/dev/null`` instead (a program that restores it later is not hindered)."""
+    A closed standard fd gets ``/dev/null`` instead (a program that restores it later is not hindered); so
+    the fds 1 and 2 each start hands over (``FromParent``) are open."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)

@@ -193,8 +193,8 @@ def _exit_with_parent() -> None:
 def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | None = None,
                 parent: FromParent | None = None) -> None:
     """Entry point of a worker process; large payloads go out of band under ``segment_prefix``; ``parent``
-    holds the parent's environment and stdout/stderr as the worker started (a forked worker would otherwise
-    have the forkserver's, which may be older: see ``forkserver.py``)."""
+    is what the worker takes from its parent as it starts (environment, stdout/stderr, limits, umask,
+    affinity, nice value: a forked worker would otherwise have the forkserver's, which may be older)."""
     if parent is not None:
         parent.apply()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
