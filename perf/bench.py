@@ -15,7 +15,9 @@ and its baselines and report the median of the per-round ratios):
     cancel      hard cancel of a run whose def steps spin in pure Python on every worker: cancel() ->
                 last of those workers gone (psutil); median and max. Also with steps that ignore SIGTERM.
     startup     fresh interpreter to first result of a trivial workflow (default runtime, pool start
-                included), via subprocess; baselines: bare interpreter, LlamaIndex, ProcessPoolExecutor.
+                included), via subprocess; baselines: bare interpreter, LlamaIndex, ProcessPoolExecutor;
+                and the floor of a worker process: a fresh interpreter starting a second one that imports
+                what a worker needs (third-party only; then procflow's preload). Bytecode compiled first.
     poolstart   ProcessRuntime(...).start(wait=True) in this process (forkserver already up), and spawn.
     memory      RSS of this process plus all workers after 10, 1,000 and 10,000 sequential runs.
 
@@ -640,11 +642,36 @@ if __name__ == "__main__":
 
 _CHILD_BARE = 'print("RESULT bare 0 0", flush=True)'
 
+# The floor of any design that runs steps in another process: a second interpreter, started first thing by a
+# fresh one, is ready once it imported what a worker needs. "third-party": pydantic (one model built),
+# asyncio, uvloop, cloudpickle; "preload": procflow's forkserver preload (actors and the worker's modules).
+_SECOND = """
+import subprocess, sys, time
+t0 = time.perf_counter()
+second = subprocess.Popen([sys.executable, "-c", {code!r}], stdout=subprocess.PIPE)
+second.stdout.readline()
+print("RESULT second", 0, time.perf_counter() - t0, flush=True)
+second.wait()
+"""
+_THIRD_PARTY = ("import asyncio, cloudpickle, pydantic, uvloop\n"
+                "class M(pydantic.BaseModel):\n    x: int\nprint('ready', flush=True)")
+_PRELOAD = ("import os; os.environ['PROCFLOW_PREWARM'] = '0'\n"
+            "import actors, runtime.workers.process.main\nprint('ready', flush=True)")
+
+
+def _child_env() -> dict[str, str]:
+    """The children read bytecode as any program's second run does (and a regular install's first: pip
+    compiles it): without this a PYTHONDONTWRITEBYTECODE=1 shell would have procflow (an editable install
+    here) compile its modules on every start, while LlamaIndex's were compiled by pip."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
 
 def _fresh(code: str) -> dict[str, float]:
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(HERE))
+                            text=True, cwd=str(HERE), env=_child_env())
     assert proc.stdout is not None
     line = proc.stdout.readline()
     first = time.perf_counter() - t
@@ -657,22 +684,28 @@ def _fresh(code: str) -> dict[str, float]:
 
 
 def bench_startup(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
-    reps = 2 if quick else 5
-    kids = {"procflow": _CHILD_PROCFLOW, "bare": _CHILD_BARE, "pool": _CHILD_POOL}
+    reps = 3 if quick else 9
+    kids = {"procflow": _CHILD_PROCFLOW, "bare": _CHILD_BARE, "pool": _CHILD_POOL,
+            "floor": _SECOND.format(code=_THIRD_PARTY), "preload": _SECOND.format(code=_PRELOAD)}
     if W.LLAMA is not None:
         kids["llamaindex"] = _CHILD_LLAMA
+    for code in kids.values():
+        _fresh(code)  # not timed: writes the bytecode of whatever was never compiled
     samples: dict[str, list[dict[str, float]]] = {k: [] for k in kids}
-    for _ in range(reps):
-        for name, code in kids.items():
+    for i in range(reps):
+        for name, code in (kids.items() if i % 2 == 0 else reversed(kids.items())):
             samples[name].append(_fresh(code))
     med = {k: {m: median([s[m] for s in v]) for m in v[0]} for k, v in samples.items()}
     rep.raw["startup"] = {"reps": reps, "samples": samples, "median": med}
     pf = med["procflow"]
     li = med.get("llamaindex", {})
+
+    def vs_llama(name: str) -> float | None:
+        return paired([s["first_result"] for s in samples[name]],
+                      [s["first_result"] for s in samples["llamaindex"]]) if li else None
+
     rep.add(Row("startup", "fresh interpreter -> first result", "s", pf["first_result"], "LlamaIndex",
-                li.get("first_result"), "<= 1 x",
-                paired=paired([s["first_result"] for s in samples["procflow"]],
-                              [s["first_result"] for s in samples["llamaindex"]]) if li else None))
+                li.get("first_result"), "<= 1 x", paired=vs_llama("procflow")))
     rep.add(Row("startup", "fresh interpreter -> first result", "s", pf["first_result"],
                 "ProcessPool(forkserver)", med["pool"]["first_result"]))
     rep.add(Row("startup", "fresh interpreter -> first result", "s", pf["first_result"],
@@ -681,6 +714,12 @@ def bench_startup(rep: Report, rt: ProcessRuntime, quick: bool) -> None:
                 li.get("run")))
     rep.add(Row("startup", "  of which imports", "s", pf["imports"], "LlamaIndex", li.get("imports")))
     rep.add(Row("startup", "interpreter exit after result", "s", pf["exit"] - pf["first_result"]))
+    rep.add(Row("startup", "floor: 2nd interpreter ready, third-party", "s", med["floor"]["first_result"],
+                "LlamaIndex", li.get("first_result"), paired=vs_llama("floor"),
+                note="a fresh interpreter starts a 2nd one that imports pydantic, asyncio, uvloop, cloudpickle"))
+    rep.add(Row("startup", "floor: 2nd interpreter ready, our preload", "s", med["preload"]["first_result"],
+                "LlamaIndex", li.get("first_result"), paired=vs_llama("preload"),
+                note="the same 2nd interpreter importing the forkserver's preload (actors, worker modules)"))
 
 
 # --- 7. pool start -------------------------------------------------------------------------------------

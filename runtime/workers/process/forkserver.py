@@ -18,7 +18,7 @@ program goes on importing and defining its workflows:
 A worker forked from the forkserver would take from it, not from the parent, the process state of the
 moment the forkserver started: the modules it imported (fine: the same files), the environment, the
 standard output and error, the resource limits, the umask, the CPU affinity and the nice value. So each
-worker is given the parent's, as they are when that worker starts (``FromParent``): ``os.environ`` set after
+worker is given the parent's, as they are when that worker starts (``FromParent``, ``inherit.py``): ``os.environ`` set after
 ``import actors`` (``load_dotenv()``) reaches the steps, and so do fds 1 and 2 redirected meanwhile (the CLI
 sends the workers' prints to stderr under ``--json``) and a ``setrlimit`` made meanwhile. ``sys.path`` and
 the working directory are multiprocessing's own preparation data, sent with every start.
@@ -30,15 +30,9 @@ child): the at-fork hook here forgets it, so the child starts a forkserver of it
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import resource
 import sys
 import threading
-from multiprocessing import reduction
-from typing import Any
-
-log = logging.getLogger("procflow")
 
 # The worker's modules, imported once by the forkserver (every worker forked from it has them).
 PRELOAD = ["actors", "runtime.workers.process.main"]
@@ -67,13 +61,31 @@ def start_early() -> bool:
         return False
     try:
         import multiprocessing.forkserver
+        from multiprocessing import resource_tracker
 
+        resource_tracker.ensure_running()  # what the forkserver's start does first, made explicit
+        _yield_cpu(getattr(resource_tracker._resource_tracker, "_pid", None))
         prepare(multiprocessing.get_context("forkserver"))
         multiprocessing.forkserver.ensure_running()
     except Exception as exc:  # noqa: BLE001 -- the first run will start it (and report what fails)
-        log.debug("procflow: the forkserver could not be started early: %r", exc)
+        import logging
+
+        logging.getLogger("procflow").debug("procflow: the forkserver could not be started early: %r", exc)
         return False
     return True
+
+
+def _yield_cpu(pid: int | None) -> None:
+    """Make ``pid`` (multiprocessing's resource tracker, started with the forkserver) the lowest priority.
+
+    Its interpreter starts as the program imports and the forkserver preloads: a third process on a
+    two-core machine, it would take a core's share from both for ~30 ms (the program's imports measured
+    ~45 ms slower for it). It waits for a free core instead; nothing waits on it (what the workers tell it
+    waits in its pipe), and it still cleans up after the program when that ends."""
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
 def _in_forkserver() -> bool:
@@ -88,72 +100,6 @@ def _in_forkserver() -> bool:
             return marker.encode() in f.read()
     except OSError:
         return False
-
-
-class FromParent:
-    """What a worker takes from its parent as it starts, rather than from the forkserver: the environment,
-    fds 1 and 2 (passed as file descriptors: the launcher gives a closed one ``/dev/null`` before any start),
-    the resource limits, the umask, the CPU affinity and the nice value. Made in the parent for each start;
-    ``apply()``, first thing in the worker, makes them the worker's own (a limit or priority the worker may
-    not take, one raised above what the forkserver had, is left as it is)."""
-
-    def __init__(self) -> None:
-        self.environ = dict(os.environ)
-        self.stdio = {1: 1, 2: 2}  # target fd -> the fd holding it
-        self.limits = {r: resource.getrlimit(r) for r in _LIMITS}
-        self.umask = _umask()
-        self.affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # DupFd registers each fd with the start under way, which sends it to the child (SCM_RIGHTS under
-        # forkserver, inherited under spawn); so this pickles only inside Process.start().
-        state = (self.environ, self.limits, self.umask, self.affinity, self.nice)
-        return (_received, (state, {fd: reduction.DupFd(fd) for fd in self.stdio}))
-
-    def apply(self) -> None:
-        if self.environ != os.environ:
-            os.environ.clear()
-            os.environ.update(self.environ)
-        for target, fd in self.stdio.items():
-            if fd != target:
-                os.dup2(fd, target)
-                os.close(fd)
-        self.stdio = {}
-        for r, limit in self.limits.items():
-            if resource.getrlimit(r) != limit:
-                with contextlib.suppress(ValueError, OSError):
-                    resource.setrlimit(r, limit)
-        if self.umask is not None:
-            os.umask(self.umask)
-        with contextlib.suppress(OSError):
-            if self.affinity is not None and os.sched_getaffinity(0) != self.affinity:
-                os.sched_setaffinity(0, self.affinity)
-            if os.getpriority(os.PRIO_PROCESS, 0) != self.nice:
-                os.setpriority(os.PRIO_PROCESS, 0, self.nice)
-
-
-_LIMITS = [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
-
-
-def _umask() -> int | None:
-    """This process's umask, read without setting it (os.umask would, for an instant, for every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _received(state: tuple[Any, ...], stdio: dict[int, Any]) -> FromParent:
-    """A ``FromParent`` unpickled in the worker: the fds are received, nothing is applied yet."""
-    made = FromParent.__new__(FromParent)
-    made.environ, made.limits, made.umask, made.affinity, made.nice = state
-    made.stdio = {target: dup.detach() for target, dup in stdio.items()}
-    return made
 
 
 def _forget_in_forked_child() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     import psutil
 from runtime.wire.segment_table import SegmentTable, remove_orphans_once
 from runtime.workers.process.channel import Channel
-from runtime.workers.process.forkserver import FromParent, prepare
+from runtime.workers.process.forkserver import prepare
+from runtime.workers.process.inherit import FromParent
 from runtime.workers.process.main import worker_main
 from runtime.workers.process.reaper import REAPER
 
@@ -108,6 +110,7 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
     The child's ends of the pipes are closed here whatever happens; the parent's ends are handed to the
     caller once the worker started, and closed here if anything fails before."""
     _fill_closed_stdio()
+    _import_psutil_meanwhile()
     with contextlib.ExitStack() as child_ends, contextlib.ExitStack() as parent_ends:
         inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
         child_ends.callback(inbox_r.close)
@@ -147,6 +150,20 @@ def _fill_closed_stdio() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+
+
+_psutil_import: threading.Thread | None = None
+
+
+def _import_psutil_meanwhile() -> None:
+    """Import psutil on a thread of its own while the first worker starts (``_identify`` needs it right
+    after): a program's first start waits on the forkserver, which is often still importing, and the import
+    (~10 ms) then costs the first result nothing. ``_identify``'s own import waits for this one's end."""
+    global _psutil_import
+    if _psutil_import is None and "psutil" not in sys.modules:
+        _psutil_import = threading.Thread(target=importlib.import_module, args=("psutil",),
+                                          name="procflow-import-psutil", daemon=True)
+        _psutil_import.start()
 
 
 def _identify(pid: int | None) -> psutil.Process | None:
@@ -266,8 +283,11 @@ def _before_fork() -> None:
     # A fork waits for a worker start in progress to end: the start holds our lock and, inside
     # Process.start(), multiprocessing's forkserver and resource-tracker locks, and hides __main__'s
     # __file__; a child forked in that instant would inherit them held (its own starts would wait for ever)
-    # and __main__ without its file.
+    # and __main__ without its file. It waits for the psutil import too (a module lock held by a thread the
+    # child lacks would hang the child's own import of it).
     _main_lock.acquire()
+    if _psutil_import is not None:
+        _psutil_import.join()
 
 
 def _after_fork_in_parent() -> None:

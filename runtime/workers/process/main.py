@@ -28,7 +28,7 @@ from runtime.wire import segments as shm
 from runtime.wire.codec import Codec
 from runtime.wire.framing import FrameReader
 from runtime.wire.writer import FrameWriter
-from runtime.workers.process.forkserver import FromParent
+from runtime.workers.process.inherit import FromParent
 
 
 class PipeInbox:
