@@ -34,8 +34,9 @@ import os
 import sys
 import threading
 
-# The worker's modules, imported once by the forkserver (every worker forked from it has them).
-PRELOAD = ["actors", "runtime.workers.process.main"]
+# The worker's modules, imported once by the forkserver (every worker forked from it has them); the last one
+# freezes them for the garbage collector (``preloaded.py``).
+PRELOAD = ["actors", "runtime.workers.process.main", "runtime.workers.process.preloaded"]
 _OFF = {"0", "false", "no", "off"}
 
 
@@ -51,7 +52,7 @@ def start_early() -> bool:
         return False
     if threading.current_thread() is not threading.main_thread() or "ray" in sys.modules:
         return False
-    if _in_forkserver():
+    if in_forkserver():
         return False
     import multiprocessing
 
@@ -88,7 +89,7 @@ def _yield_cpu(pid: int | None) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def _in_forkserver() -> bool:
+def in_forkserver() -> bool:
     """Whether this process is a ``multiprocessing`` forkserver (its command line runs forkserver.main), or
     the child of one (a worker: then this is a program a step started). Both are checked: a forkserver
     that started a forkserver would start one in turn, without end."""
