@@ -252,29 +252,6 @@ def test_limits_umask_affinity_and_nice_set_after_the_import_are_the_workers() -
     assert seen["worker"]["umask"] == "0027" and len(seen["worker"]["cpus"]) == 1
 
 
-def test_the_resource_tracker_started_with_the_forkserver_yields_the_cpu_and_nothing_else_does() -> None:
-    # The tracker (a third interpreter starting while the program imports and the forkserver preloads)
-    # runs at the lowest priority; the forkserver, the workers and the program keep theirs.
-    seen = run("""
-        import os
-        import actors
-        from multiprocessing import resource_tracker
-        from actors import StartEvent, StopEvent, Workflow, step
-        class W(Workflow):
-            @step
-            def d(self, ev: StartEvent) -> StopEvent:
-                return StopEvent(result=os.getpriority(os.PRIO_PROCESS, 0))
-        tracker = resource_tracker._resource_tracker._pid
-        servers = [p["pid"] for p in _tree() if p["forkserver"]]
-        print(_json.dumps({"tracker": os.getpriority(os.PRIO_PROCESS, tracker),
-                           "forkserver": [os.getpriority(os.PRIO_PROCESS, p) for p in servers],
-                           "program": os.getpriority(os.PRIO_PROCESS, 0), "worker": W().run().result(60)}))
-    """)
-    assert seen["tracker"] == 19
-    assert seen["forkserver"] and set(seen["forkserver"]) == {seen["program"]}
-    assert seen["worker"] == seen["program"]
-
-
 def test_workers_forked_from_the_forkserver_find_its_preload_frozen_and_the_program_does_not() -> None:
     # preloaded.py: what the forkserver imported is out of the collector's reach in every worker; what a
     # step creates afterwards is still collected (a cycle made in a step goes at the next collection).

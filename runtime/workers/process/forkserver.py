@@ -62,10 +62,7 @@ def start_early() -> bool:
         return False
     try:
         import multiprocessing.forkserver
-        from multiprocessing import resource_tracker
 
-        resource_tracker.ensure_running()  # what the forkserver's start does first, made explicit
-        _yield_cpu(getattr(resource_tracker._resource_tracker, "_pid", None))
         prepare(multiprocessing.get_context("forkserver"))
         multiprocessing.forkserver.ensure_running()
     except Exception as exc:  # noqa: BLE001 -- the first run will start it (and report what fails)
@@ -74,19 +71,6 @@ def start_early() -> bool:
         logging.getLogger("procflow").debug("procflow: the forkserver could not be started early: %r", exc)
         return False
     return True
-
-
-def _yield_cpu(pid: int | None) -> None:
-    """Make ``pid`` (multiprocessing's resource tracker, started with the forkserver) the lowest priority.
-
-    Its interpreter starts as the program imports and the forkserver preloads: a third process on a
-    two-core machine, it would take a core's share from both for ~30 ms (the program's imports measured
-    ~45 ms slower for it). It waits for a free core instead; nothing waits on it (what the workers tell it
-    waits in its pipe), and it still cleans up after the program when that ends."""
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
 def in_forkserver() -> bool:
