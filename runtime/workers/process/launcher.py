@@ -110,7 +110,6 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
     The child's ends of the pipes are closed here whatever happens; the parent's ends are handed to the
     caller once the worker started, and closed here if anything fails before."""
     _fill_closed_stdio()
-    _import_psutil_meanwhile()
     with contextlib.ExitStack() as child_ends, contextlib.ExitStack() as parent_ends:
         inbox_r, inbox_w = mp_ctx.Pipe(duplex=False)
         child_ends.callback(inbox_r.close)
@@ -122,6 +121,7 @@ def spawn_process(mp_ctx: BaseContext, index: int, segment_prefix: str | None = 
                               args=(inbox_r, outbox_w, segment_prefix, FromParent()),
                               name=f"procflow-worker-{index}", daemon=False)
         with _main_module_hidden():
+            _import_psutil_meanwhile()
             proc.start()
             _STARTED.add(proc)
             # Under the start lock: no other start's cleanup reaps it meanwhile (spawn), and a pid is
@@ -158,12 +158,17 @@ _psutil_import: threading.Thread | None = None
 def _import_psutil_meanwhile() -> None:
     """Import psutil on a thread of its own while the first worker starts (``_identify`` needs it right
     after): a program's first start waits on the forkserver, which is often still importing, and the import
-    (~10 ms) then costs the first result nothing. ``_identify``'s own import waits for this one's end."""
+    (~10 ms) then costs the first result nothing. ``_identify``'s own import waits for this one's end.
+
+    Called with ``_main_lock`` held, so that a fork (``_before_fork`` takes the lock, then joins this thread)
+    never happens while the import holds psutil's module lock: the child, without the thread, would wait on
+    that lock for ever at its own first start."""
     global _psutil_import
     if _psutil_import is None and "psutil" not in sys.modules:
-        _psutil_import = threading.Thread(target=importlib.import_module, args=("psutil",),
-                                          name="procflow-import-psutil", daemon=True)
-        _psutil_import.start()
+        thread = threading.Thread(target=importlib.import_module, args=("psutil",),
+                                  name="procflow-import-psutil", daemon=True)
+        thread.start()
+        _psutil_import = thread
 
 
 def _identify(pid: int | None) -> psutil.Process | None:

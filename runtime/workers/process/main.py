@@ -161,8 +161,13 @@ class WorkerMailbox(PipeInbox):
 
     def _write(self, data: bytearray) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._out_fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._out_fd, view):]
+        except BrokenPipeError:
+            # The supervisor closed its end (it gave this worker up, or shut down) or died: nobody will read
+            # anything from here again. Leave as when the inbox ends, without a traceback on stderr.
+            self.orphaned()
 
     def orphaned(self) -> None:
         die_with_group()
