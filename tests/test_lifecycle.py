@@ -363,3 +363,49 @@ def test_ctrl_c_interrupts_a_blocked_result_promptly_and_the_script_exits_leavin
     child.assert_nothing_left()
     assert "KeyboardInterrupt" in child.err
     assert child.err.count("Traceback") == 1, child.err[-3000:]  # the interrupt's, and nothing else
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_what_steps_print_reaches_a_redirected_stdout_once_without_a_flush(tmp_path: Path,
+                                                                          start_method: str) -> None:
+    # A worker leaves with os._exit (or is killed), which skips Python's flush at exit: with stdout a file
+    # or a pipe (block-buffered) and no PYTHONUNBUFFERED, every line a step printed was lost. A worker's
+    # stdout is line-buffered now, as on a terminal. Runs end three ways: the default runtime at interpreter
+    # exit, an explicit shutdown, a hard cancel of a run whose step printed and then hung.
+    code = textwrap.dedent(f"""
+        import time
+        from actors import StartEvent, StopEvent, Workflow, step
+        from runtime import ProcessRuntime
+        class Loud(Workflow):
+            @step
+            def d(self, ev: StartEvent) -> StopEvent:
+                print("def", ev.i)
+                return StopEvent(result=ev.i)
+        class LoudAsync(Workflow):
+            @step
+            async def a(self, ev: StartEvent) -> StopEvent:
+                print("async", ev.i)
+                return StopEvent(result=ev.i)
+        class Stuck(Workflow):
+            @step
+            def s(self, ev: StartEvent) -> StopEvent:
+                print("stuck", ev.i)
+                time.sleep(300)
+        rt = ProcessRuntime(2, start_method={start_method!r}).start(wait=True)
+        assert [LoudAsync(runtime=rt).run(i=i).result(60) for i in range(3)] == [0, 1, 2]
+        h = Stuck(runtime=rt, timeout=None).run(i=0)
+        time.sleep(1.0)
+        h.cancel()
+        rt.shutdown()
+        assert [Loud().run(i=i).result(60) for i in range(3)] == [0, 1, 2]
+    """)
+    out = tmp_path / "out.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PROCFLOW_PREWARM")}
+    env["PYTHONPATH"] = str(REPO)
+    with out.open("wb") as f:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, env=env,
+                              cwd=str(tmp_path), timeout=100)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert sorted(out.read_text().splitlines()) == sorted(
+        [f"async {i}" for i in range(3)] + ["stuck 0"] + [f"def {i}" for i in range(3)])

@@ -194,7 +194,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                      first_steps={name for name, s in spec.steps.items()
                                   if all(issubclass(t, StartEvent) for t in s.accepts)})
     view = _pick_view(args, stats)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the workers' prints show as they happen
     title = f"{cls.__qualname__} · {where}"
     with Interrupts() as interrupts, view.owning_stdout():
         try:

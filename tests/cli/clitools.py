@@ -78,7 +78,11 @@ def run_on_terminal(*args: str, columns: int, rows: int = 30, answers: tuple[tup
     answer (and Enter) once its prompt has appeared; the exit code, everything shown, and stderr."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    # PYTHONUNBUFFERED (set in some CI shells) makes each print two writes, the text and then the newline:
+    # two workers printing at once into the one pipe could then interleave mid-line, as any processes sharing
+    # a pipe do. The panel is what these tests check, so the workers print with their default buffering
+    # (line by line: one write per line).
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "PYTHONUNBUFFERED")}
     env["TERM"] = "xterm-256color"
     proc = subprocess.Popen([*PROCFLOW, *args], cwd=ROOT, stdin=follower, stdout=follower,
                             stderr=subprocess.PIPE, start_new_session=True, env=env)

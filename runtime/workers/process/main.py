@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import multiprocessing
 import os
 import pickle
 import selectors
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -202,6 +204,7 @@ def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | Non
     affinity, nice value: a forked worker would otherwise have the forkserver's, which may be older)."""
     if parent is not None:
         parent.apply()
+    _line_buffered_stdout()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.setpgid(0, 0)
@@ -219,4 +222,20 @@ def worker_main(inbox: Connection, outbox: Connection, segment_prefix: str | Non
         loop.run_forever()
     finally:
         # Leave without joining the step thread: a step still running is abandoned with the process.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()  # os._exit skips it: a last line without its newline
         os._exit(0)
+
+
+def _line_buffered_stdout() -> None:
+    """Make ``print`` in a step reach fd 1 line by line, as on a terminal, whatever fd 1 is. Python buffers a
+    pipe's or a file's output in blocks and flushes it at a normal exit, which a worker never makes (it
+    leaves with ``os._exit``, or is killed): a program run as ``python prog.py > out.log`` lost every line its
+    steps printed. stderr is line-buffered already."""
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and not (out.line_buffering or out.write_through):
+        with contextlib.suppress(Exception):
+            out.flush()
+            out.reconfigure(line_buffering=True)
