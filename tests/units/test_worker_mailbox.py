@@ -27,4 +27,5 @@ def test_a_send_into_a_pipe_the_supervisor_closed_leaves_as_an_orphan_does(monke
     mailbox = main.WorkerMailbox(inbox_r, outbox_w)
     mailbox.send(Ready(1), now=True)
     assert left == ["orphaned"]
-    inbox_w.close()
+    for end in (inbox_r, inbox_w, outbox_w):
+        end.close()

@@ -18,10 +18,11 @@ program goes on importing and defining its workflows:
 A worker forked from the forkserver would take from it, not from the parent, the process state of the
 moment the forkserver started: the modules it imported (fine: the same files), the environment, the
 standard output and error, the resource limits, the umask, the CPU affinity and the nice value. So each
-worker is given the parent's, as they are when that worker starts (``FromParent``, ``inherit.py``): ``os.environ`` set after
-``import actors`` (``load_dotenv()``) reaches the steps, and so do fds 1 and 2 redirected meanwhile (the CLI
-sends the workers' prints to stderr under ``--json``) and a ``setrlimit`` made meanwhile. ``sys.path`` and
-the working directory are multiprocessing's own preparation data, sent with every start.
+worker is given the parent's, as they are when that worker starts (``FromParent`` in ``inherit.py``):
+``os.environ`` set after ``import actors`` (``load_dotenv()``) reaches the steps, and so do fds 1 and 2
+redirected meanwhile (the CLI sends the workers' prints to stderr under ``--json``) and a ``setrlimit`` made
+meanwhile. ``sys.path`` and the working directory are multiprocessing's own preparation data, sent with
+every start.
 
 A process forked (``os.fork``) from one that started the forkserver must not use it (it is not the child's
 child): the at-fork hook here forgets it, so the child starts a forkserver of its own when it needs one.

@@ -237,5 +237,4 @@ def _line_buffered_stdout() -> None:
     out = sys.stdout
     if isinstance(out, io.TextIOWrapper) and not (out.line_buffering or out.write_through):
         with contextlib.suppress(Exception):
-            out.flush()
-            out.reconfigure(line_buffering=True)
+            out.reconfigure(line_buffering=True)  # flushes what is buffered first
